@@ -69,7 +69,7 @@ def attribute_indices(names: Iterable[str]) -> list[int]:
 def attributes_to_vector(values: dict[str, bool]) -> np.ndarray:
     """A {name: bool} dict as a (40,) bool vector; names not given are False."""
     vector = np.zeros(NUM_ATTRIBUTES, dtype=bool)
-    for index, name in zip(attribute_indices(values), values):
+    for index, name in zip(attribute_indices(values), values, strict=True):
         vector[index] = bool(values[name])
     return vector
 
@@ -78,4 +78,4 @@ def vector_to_attributes(vector: Sequence[bool]) -> dict[str, bool]:
     """A (40,) vector as a {name: bool} dict (all 40 names)."""
     if len(vector) != NUM_ATTRIBUTES:
         raise ValueError(f"Expected {NUM_ATTRIBUTES} attribute values, got {len(vector)}")
-    return {name: bool(v) for name, v in zip(CELEBA_ATTRIBUTES, vector)}
+    return {name: bool(v) for name, v in zip(CELEBA_ATTRIBUTES, vector, strict=True)}

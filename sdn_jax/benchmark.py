@@ -1,0 +1,172 @@
+"""Throughput benchmarks, one section per part of the system.
+
+    python -m sdn_jax.benchmark [SECTION ...] --config configs/default.py --out bench.json
+
+No SECTION runs them all. Prints a table and writes JSON (INTERFACES.md):
+`{"device": ..., "num_devices": ..., "<section>": {"images_per_s": ..., ...}, ...}`.
+A section is one function `(config, options) -> dict` registered in `SECTIONS`; add one
+there and it becomes a command-line choice.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+import sdn_jax.data
+from sdn_jax.data import builders, pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).")
+_OUT = flags.DEFINE_string("out", None, "Where to write the JSON results (optional).")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir",
+    None,
+    "Where TFDS keeps prepared data. Default: config.data.data_dir, else $TFDS_DATA_DIR, "
+    "else runs/tensorflow_datasets (where `sdn_jax.main --workdir runs/...` keeps it).",
+)
+_NUM_BATCHES = flags.DEFINE_integer(
+    "num_batches", None, "Batches to time per section. Default: as many as fit in --seconds."
+)
+_SECONDS = flags.DEFINE_float(
+    "seconds", 5.0, "Time budget per section when --num_batches is unset."
+)
+_WARMUP_BATCHES = flags.DEFINE_integer(
+    "warmup_batches", 5, "Untimed batches first (thread and worker start-up, caches)."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What every section may use besides the config."""
+
+    data_dir: str
+    num_batches: int | None = None  # None: run for `seconds`.
+    seconds: float = 5.0
+    warmup_batches: int = 5
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _timed(step: Callable[[], object], options: Options) -> tuple[int, float]:
+    """(steps, seconds) of calling `step` for --num_batches or --seconds, after warm-up."""
+    for _ in range(options.warmup_batches):
+        step()
+    count, start = 0, time.perf_counter()
+    while True:
+        step()
+        count += 1
+        elapsed = time.perf_counter() - start
+        if options.num_batches is not None:
+            if count >= options.num_batches:
+                return count, elapsed
+        elif elapsed >= options.seconds:
+            return count, elapsed
+
+
+def input_pipeline(config: ml_collections.ConfigDict, options: Options) -> dict:
+    """Training batches per second out of the grain pipeline, this process alone."""
+    data = config.data
+    _log(f"input_pipeline: preparing {data.name} at {data.image_size}px in {options.data_dir}")
+    builder = builders.prepare(
+        data.name,
+        data.image_size,
+        options.data_dir,
+        manual_dir=data.manual_dir,
+        **sdn_jax.data.dataset_options(data),
+    )
+    source = builder.as_data_source("train")
+    iterator = pipeline.from_config(config, source, train=True)
+    batch_size = config.train.global_batch_size // jax.process_count()
+    _log(
+        f"input_pipeline: {len(source)} train records, batch {batch_size}, "
+        f"{data.worker_count} workers; timing"
+    )
+    try:
+        num_batches, seconds = _timed(lambda: next(iterator), options)
+    finally:
+        iterator.close()
+    return {
+        "images_per_s": num_batches * batch_size / seconds,
+        "batch_size": batch_size,
+        "image_size": data.image_size,
+        "num_batches": num_batches,
+        "seconds": seconds,
+        "worker_count": data.worker_count,
+    }
+
+
+SECTIONS: dict[str, Callable[[ml_collections.ConfigDict, Options], dict]] = {
+    "input_pipeline": input_pipeline,
+}
+
+
+def run(
+    config: ml_collections.ConfigDict, sections: list[str] | tuple[str, ...], options: Options
+) -> dict:
+    """Runs the named sections (all when empty); returns the results as INTERFACES.md has them."""
+    unknown = [name for name in sections if name not in SECTIONS]
+    if unknown:
+        raise ValueError(f"Unknown benchmark sections {unknown}; choose from {list(SECTIONS)}")
+    device = jax.devices()[0]
+    results = {
+        "device": getattr(device, "device_kind", None) or device.platform,
+        "num_devices": jax.device_count(),
+    }
+    for name in sections or SECTIONS:
+        results[name] = SECTIONS[name](config, options)
+    return results
+
+
+def format_table(results: dict) -> str:
+    """One line per measured value, for people."""
+    lines = [f"device: {results['device']} x{results['num_devices']}"]
+    for section, values in results.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                shown = f"{value:,.1f}" if isinstance(value, float) else str(value)
+                lines.append(f"{section:<16} {key:<20} {shown:>14}")
+    return "\n".join(lines)
+
+
+def _data_dir(config: ml_collections.ConfigDict) -> str:
+    if _DATA_DIR.value:
+        return _DATA_DIR.value
+    if config.data.data_dir:
+        return config.data.data_dir
+    # Without $TFDS_DATA_DIR this is runs/tensorflow_datasets: the data of `--workdir runs/*`.
+    return sdn_jax.data.default_data_dir(os.path.join("runs", "benchmark"))
+
+
+def main(argv: list[str]) -> None:
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config configs/default.py")
+    options = Options(
+        data_dir=_data_dir(config),
+        num_batches=_NUM_BATCHES.value,
+        seconds=_SECONDS.value,
+        warmup_batches=_WARMUP_BATCHES.value,
+    )
+    unknown = [name for name in argv[1:] if name not in SECTIONS]
+    if unknown:
+        raise app.UsageError(f"Unknown sections {unknown}; choose from {list(SECTIONS)}")
+    results = run(config, argv[1:], options)
+    print(format_table(results))
+    if _OUT.value:
+        os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+        with open(_OUT.value, "w") as f:
+            json.dump(results, f, indent=2)
+        _log(f"wrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)
