@@ -17,11 +17,12 @@ from collections.abc import Callable
 
 import jax
 import ml_collections
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 import sdn_jax.data
-from sdn_jax.data import builders, pipeline
+from sdn_jax.data import builders, pipeline, synth_faces
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON results (optional).")
@@ -104,8 +105,34 @@ def input_pipeline(config: ml_collections.ConfigDict, options: Options) -> dict:
     }
 
 
+def synth_faces_renderer(config: ml_collections.ConfigDict, options: Options) -> dict:
+    """Synthetic faces rendered per second (numpy, one thread), at the config's size.
+
+    Bounds how fast the synthetic set prepares; training reads prepared data.
+    """
+    size = config.data.image_size if config.data.image_size in synth_faces.IMAGE_SIZES else 64
+    batch = 256
+    counter = iter(range(10**9))
+
+    def render():
+        first = next(counter) * batch
+        people = np.arange(first, first + batch) // 24
+        synth_faces.render_faces(people, np.arange(batch) % 24, size)
+
+    _log(f"synth_faces_renderer: batches of {batch} at {size}px; timing")
+    num_batches, seconds = _timed(render, options)
+    return {
+        "images_per_s": num_batches * batch / seconds,
+        "batch_size": batch,
+        "image_size": size,
+        "num_batches": num_batches,
+        "seconds": seconds,
+    }
+
+
 SECTIONS: dict[str, Callable[[ml_collections.ConfigDict, Options], dict]] = {
     "input_pipeline": input_pipeline,
+    "synth_faces_renderer": synth_faces_renderer,
 }
 
 

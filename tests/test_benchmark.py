@@ -13,13 +13,14 @@ from sdn_jax import benchmark
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_input_pipeline_section_writes_json(tmp_path):
+def test_data_sections_write_json(tmp_path):
     out = tmp_path / "bench.json"
     command = [
         sys.executable,
         "-m",
         "sdn_jax.benchmark",
         "input_pipeline",
+        "synth_faces_renderer",
         "--config",
         "configs/tiny.py",
         "--config.train.global_batch_size=4",
@@ -37,6 +38,9 @@ def test_input_pipeline_section_writes_json(tmp_path):
     assert section["images_per_s"] > 0
     assert section["batch_size"] == 4 and section["num_batches"] == 5
     assert section["image_size"] == 32 and section["worker_count"] == 0
+    renderer = results["synth_faces_renderer"]
+    assert renderer["images_per_s"] > 0 and renderer["image_size"] == 32
+    assert renderer["num_batches"] == 5
 
 
 def test_unknown_section_is_an_error(tmp_path):

@@ -191,7 +191,8 @@ def _mouth_geometry(t, p):
     """Centre height, half width, bend and opening of the mouth."""
     my = t["face_cy"] + t["mouth_y"]
     half = t["mouth_w"] / 2 * np.where(p["smiling"], 1.12, 1.0)
-    bend = np.where(p["smiling"], 5.0, -0.5) / np.maximum(half * 10, 0.5)
+    # Smiling lifts the corners by ~0.9 half-widths' worth of curvature.
+    bend = np.where(p["smiling"], 0.9, -0.05) / half
     open_h = np.where(p["mouth_open"], 0.03, 0.0)
     return _f32(my), _f32(half), _f32(bend), _f32(open_h)
 
@@ -238,7 +239,7 @@ def ears(c, t, p):
 
 def earrings(c, t, p):
     for side in (-1.0, 1.0):
-        ex, ey = side * t["face_w"] * 0.97, t["ear_y"] + t["ear_h"] * 0.95
+        ex, ey = side * t["face_w"] * 0.97, t["ear_y"] + t["ear_h"] + 0.012
         w = c.region(ex, ey, 0.026, 0.026)
         ring = np.abs(ellipse(*c.uv(w), ex, ey, 0.02, 0.02)) - 0.006
         c.paint(w, c.cover(ring), _GOLD)
@@ -262,8 +263,8 @@ def face(c, t, p):
 def stubble(c, t, p):
     """5 o'clock shadow: the face below the mouth darkened with the hair colour."""
     w, coverage = _face_region_and_coverage(c, t)
-    lower = np.clip((c.uv(w)[1] - (t["face_cy"] + t["mouth_y"] - 0.1)) * 20.0, 0.0, 1.0)
-    c.paint(w, coverage * lower, t["hair_color"], opacity=0.35)
+    lower = np.clip((c.uv(w)[1] - (t["face_cy"] + t["mouth_y"] - 0.12)) * 10.0, 0.0, 1.0)
+    c.paint(w, coverage * lower, t["hair_color"], opacity=0.28)
 
 
 def rosy_cheeks(c, t, p):
@@ -343,8 +344,12 @@ def mouth(c, t, p):
     lips = c.cover(ellipse(u, bent, 0, my, half, t["lip_t"] + open_h, True))
     lip_color = np.where(p["lipstick"][:, None], p["lipstick_color"], t["lip_color"])
     c.paint(w, lips, lip_color)
-    seam = c.cover(np.abs(bent - my) - 0.004) * (open_h == 0)
+    closed = open_h == 0
+    seam = c.cover(np.abs(bent - my) - 0.004) * closed
     c.paint(w, lips * seam, lip_color * 0.5, 0.8)
+    # A closed smile shows a strip of teeth (an open one shows them in `open_mouth`).
+    teeth = c.cover(ellipse(u, bent, 0, my, half * 0.72, t["lip_t"] * 0.45, True))
+    c.paint(w, lips * teeth * (closed & p["smiling"]), _TEETH)
 
 
 def open_mouth(c, t, p):
@@ -359,11 +364,12 @@ def open_mouth(c, t, p):
 
 def mustache(c, t, p):
     my, half, _, open_h = _mouth_geometry(t, p)
-    top = my - t["lip_t"] - open_h - 0.022
-    w = c.region(0, top + 0.015, half * 1.1, 0.04)
+    top = my - t["lip_t"] - open_h - 0.026
+    reach = half * 1.2
+    w = c.region(0, top + reach * reach * 1.25, reach, 0.03 + reach * reach * 1.25)
     u, v = c.uv(w)
-    shape = ellipse(u, v - 2.5 * u * u, 0, top, half * 1.1, 0.022, True)
-    c.paint(w, c.cover(shape), t["hair_color"] * 0.8)
+    shape = ellipse(u, v - 2.5 * u * u, 0, top, reach, 0.03, True)
+    c.paint(w, c.cover(shape), t["hair_color"] * 0.7)
 
 
 def goatee(c, t, p):
@@ -453,7 +459,6 @@ LAYERS: tuple[tuple[Callable, Callable | None], ...] = (
     (long_hair, lambda t, p: t["hair_len"] > 0),
     (neck_and_body, None),
     (ears, None),
-    (earrings, lambda t, p: p["earrings"]),
     (face, None),
     (stubble, lambda t, p: p["shadow"]),
     (rosy_cheeks, lambda t, p: p["rosy"]),
@@ -466,6 +471,7 @@ LAYERS: tuple[tuple[Callable, Callable | None], ...] = (
     (mustache, lambda t, p: p["mustache"]),
     (goatee, lambda t, p: p["goatee"]),
     (hair, lambda t, p: ~t["bald"]),
+    (earrings, lambda t, p: p["earrings"]),  # After the hair, which often hides the ears.
     (hat, lambda t, p: p["hat"]),
     (glasses, lambda t, p: p["glasses"]),
     (lighting, None),

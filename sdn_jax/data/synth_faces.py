@@ -167,7 +167,7 @@ def _draw_identities(identities: np.ndarray, seed: int) -> dict[str, np.ndarray]
     t["big_lips"] = d() < 0.15
     t["lip_t"] = _lerp(0.014, 0.024, d()) + np.where(t["big_lips"], 0.014, 0.0)
     t["mouth_y"] = _lerp(0.25, 0.32, d())
-    t["lip_color"] = np.clip(t["skin"] * np.array([0.92, 0.62, 0.62], np.float32), 0, 1)
+    t["lip_color"] = np.clip(t["skin"] * np.array([0.9, 0.68, 0.66], np.float32), 0, 1)
     t["ear_h"] = _lerp(0.06, 0.1, d())
     t["ear_y"] = _lerp(0.0, 0.08, d())
     long_p = np.where(t["male"], 0.1, 0.75)
@@ -216,7 +216,7 @@ def _draw_photos(
     p["frame_color"] = np.stack([d() * 0.5] * 3, 1) * np.array([1.0, 0.8, 0.6], np.float32)
     p["gaze"] = _lerp(-0.35, 0.35, d())
     p["lipstick_color"] = np.stack(
-        [_lerp(0.6, 0.85, d()), _lerp(0.05, 0.2, d()), _lerp(0.15, 0.35, d())], 1
+        [_lerp(0.55, 0.8, d()), _lerp(0.03, 0.12, d()), _lerp(0.1, 0.3, d())], 1
     )
     p["noise_sigma"] = _lerp(0.005, 0.025, d())
     p["noise_field"] = np.minimum((d() * _NUM_NOISE_FIELDS).astype(np.int64), _NUM_NOISE_FIELDS - 1)
@@ -274,18 +274,57 @@ def _labels(t: dict, p: dict) -> np.ndarray:
     return labels
 
 
+# Per-photo attributes that `render_faces(overrides=...)` can set: CelebA name -> photo key.
+PHOTO_ATTRIBUTES = {
+    "Smiling": "smiling",
+    "Mouth_Slightly_Open": "mouth_open",
+    "Mustache": "mustache",
+    "Goatee": "goatee",
+    "5_o_Clock_Shadow": "shadow",
+    "Eyeglasses": "glasses",
+    "Bangs": "bangs",
+    "Wearing_Hat": "hat",
+    "Wearing_Lipstick": "lipstick",
+    "Rosy_Cheeks": "rosy",
+    "Wearing_Earrings": "earrings",
+}
+POSE_KEYS = ("angle", "scale", "tx", "ty")  # radians, zoom, shift in image units [-1, 1]
+
+
+def _apply_overrides(photo: dict, traits: dict, overrides: dict, n: int) -> None:
+    for name, value in overrides.items():
+        if name in PHOTO_ATTRIBUTES:
+            photo[PHOTO_ATTRIBUTES[name]] = np.broadcast_to(np.asarray(value, bool), (n,)).copy()
+        elif name in POSE_KEYS:
+            photo[name] = np.broadcast_to(np.asarray(value, np.float32), (n,)).copy()
+        else:
+            raise ValueError(
+                f"Cannot override {name!r}; choose per-photo attributes "
+                f"{sorted(PHOTO_ATTRIBUTES)} or pose keys {list(POSE_KEYS)}"
+            )
+    # What a photo cannot show (a beard and stubble together, bangs on a bald head) is
+    # not drawn, so it is not labelled either.
+    photo["shadow"] &= ~photo["goatee"]
+    photo["bangs"] &= ~traits["bald"]
+
+
 def render_faces(
     identities: Sequence[int],
     photos: Sequence[int],
     image_size: int = 64,
     seed: int = 0,
     return_nuisance: bool = False,
+    overrides: dict | None = None,
 ):
     """Renders photo `photos[i]` of person `identities[i]` for every i.
 
     Returns (images uint8 (N, S, S, 3), attributes bool (N, 40)) and, with
     return_nuisance, a dict of the per-photo nuisance values (pose, lighting,
     background, clothing) as (N, k) float arrays.
+
+    overrides: {name: scalar or (N,) value} replaces drawn per-photo attributes
+    (CelebA names in PHOTO_ATTRIBUTES) or pose values (POSE_KEYS) while everything
+    else stays as drawn: counterfactual photos with exact ground truth.
     """
     if image_size not in IMAGE_SIZES:
         raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {image_size}")
@@ -299,6 +338,7 @@ def render_faces(
         raise ValueError("identity and photo indices must be non-negative")
     traits = _draw_identities(identities, seed)
     photo = _draw_photos(identities, photos, seed, traits)
+    _apply_overrides(photo, traits, overrides or {}, len(identities))
     painted = face_painter.paint_faces(image_size, traits, photo)  # (3, S, S, N)
     noise = np.take(_noise_bank(image_size), photo["noise_field"], axis=-1)
     painted += photo["noise_sigma"] * noise
