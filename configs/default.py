@@ -1,8 +1,8 @@
 """The default run: synthetic faces at 64x64 on a laptop CPU, in minutes.
 
-        python -m sdn_jax.main --config configs/default.py --workdir runs/default
+    python -m sdn_jax.main --config configs/default.py --workdir runs/default
 
-Every field can be overridden on the command line, e.g. `--config.data.image_size=32`.
+Every field can be overridden on the command line, e.g. `--config.train.num_steps=200`.
 """
 
 import ml_collections
@@ -29,6 +29,70 @@ def get_config() -> ml_collections.ConfigDict:
     data.random_flip = True  # Horizontal flips of training images.
     data.worker_count = 0  # grain worker processes (0: decode in the main process).
 
+    config.model = model = ml_collections.ConfigDict()
+    model.password_bits = 64  # K: key bits from the passphrase's KDF (METHOD.md section 2).
+    # The user-chosen attributes that are part of the key and that anonymized faces show.
+    model.key_attributes = ("Smiling", "Mouth_Slightly_Open", "Mustache", "Eyeglasses")
+    # Encoder E / decoder G: channels per resolution, finest (full size) first.
+    model.widths = (16, 32, 64, 128)
+    model.encoder_res_blocks = 2  # at the deepest (H/8) level
+    model.decoder_res_blocks = 2
+    model.latent_dim = 128  # the pooled latent vector z that latent editing moves
+    model.condition_hidden = 128  # MLP from (direction, password, attributes, z) to FiLM
+    model.use_skips = (True, True, True)  # encoder -> decoder skips per level, finest first
+    model.residual_output = True  # G predicts a change to its input image
+    model.discriminator_widths = (32, 64, 128)  # PatchGAN per scale
+    model.discriminator_scales = 2
+    model.classifier_widths = (32, 64, 128, 128)
+    model.embedding_dim = 64  # identity embedding f(x)
+    model.key_predictor_widths = (32, 64, 128)
+    model.club_hidden = 128
+
+    config.loss = loss = ml_collections.ConfigDict()  # weights (METHOD.md section 4)
+    loss.adversarial = 1.0  # LSGAN on x_A, x_R, x_W
+    loss.recovery = 100.0  # L1(x_R, x)
+    loss.keep_anonymized = 10.0  # hinge: mean |x_A - x| at most keep_margin
+    loss.keep_wrong = 10.0  # hinge: mean |x_W - x_A| at most keep_margin
+    loss.keep_margin = 0.08  # in [-1, 1] units per pixel
+    loss.wrong_distance = 10.0  # hinge: mean |x_W - x| at least wrong_margin
+    loss.wrong_margin = 0.15
+    loss.attributes = 1.0  # BCE of C's key-attribute logits on x_A (a_t) and x_W (a')
+    loss.identity_removal = 2.0  # -log(1 - p_C(y | x_A)) and for x_W
+    loss.identity_embedding = 2.0  # (1 + cos(f(x_A), f(x))) / 2 and for x_W
+    loss.club = 0.1  # CLUB upper bound on I(f(x); f(x_A))
+    loss.diversity = 2.0  # (1 + cos(f(x_A), f(x_A2))) / 2: two passwords, two people
+    loss.wrong_diversity = 1.0  # (1 + cos(f(x_W), f(x_A))) / 2
+    loss.key_information = 1.0  # BCE of Q's password-bit logits from (x, x_A)
+    loss.recovered_identity = 1.0  # CE(C_id(x_R), y)
+    loss.classifier_adversarial = 0.5  # C also learns to re-identify x_A and x_W as y
+    loss.ramp_steps = 200  # non-reconstruction generator terms ramp in linearly
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.learning_rate = 2e-4  # Adam, per network below as multipliers of this
+    optim.b1 = 0.5
+    optim.b2 = 0.999
+    optim.warmup_steps = 50
+    optim.decay_to = 0.1  # cosine decay to this fraction of the peak by num_steps
+    optim.generator_lr_scale = 1.0  # E, G, Q
+    optim.discriminator_lr_scale = 1.0  # D
+    optim.classifier_lr_scale = 1.0  # C
+    optim.club_lr_scale = 1.0  # q
+
     config.train = train = ml_collections.ConfigDict()
-    train.global_batch_size = 16  # Split evenly over all JAX processes.
+    train.num_steps = 1500
+    train.global_batch_size = 16  # Split evenly over all JAX processes and data devices.
+    train.log_every_steps = 50
+    train.checkpoint_every_steps = 250
+    train.sample_every_steps = 250
+    train.num_samples = 8  # rows in each sample grid
+    train.max_checkpoints = 3
+
+    config.mesh = mesh = ml_collections.ConfigDict()
+    mesh.data = -1  # devices on the data axis (-1: all that fsdp leaves)
+    mesh.fsdp = 1  # devices that shard the parameters (and also split the batch)
+
+    config.eval = evaluation = ml_collections.ConfigDict()
+    evaluation.split = "test"  # people never seen in training
+    evaluation.num_images = 512
+    evaluation.batch_size = 64
     return config

@@ -118,16 +118,19 @@ class TinyCNN(nn.Module):
 
     num_classes: int
     features: Sequence[int] = (32, 64, 96, 128)
+    last_stride: int = 1
 
     @nn.compact
     def __call__(self, x):
         for i, f in enumerate(self.features):
-            x = nn.Conv(f, (3, 3), strides=2 if i < len(self.features) - 1 else 1)(x)
+            x = nn.Conv(f, (3, 3), strides=2 if i < len(self.features) - 1 else self.last_stride)(x)
             x = nn.relu(nn.GroupNorm(num_groups=8)(x))
         return nn.Dense(self.num_classes)(x.mean((1, 2)))
 
 
-def train_cnn(x_train, y_train, x_test, num_classes, steps, key, batch_size=64, lr=2e-3):
+def train_cnn(
+    x_train, y_train, x_test, num_classes, steps, key, batch_size=64, lr=2e-3, features=None
+):
     """Trains TinyCNN with adamw and a cosine schedule; returns test logits.
 
     Batches are drawn inside the jitted step from the device-resident training set, so a
@@ -135,7 +138,7 @@ def train_cnn(x_train, y_train, x_test, num_classes, steps, key, batch_size=64, 
     """
     init_key, key = jax.random.split(key)
     x, y = jnp.asarray(x_train), jnp.asarray(y_train, jnp.int32)
-    model = TinyCNN(num_classes)
+    model = TinyCNN(num_classes, **({} if features is None else {"features": features}))
     params = model.init(init_key, x[:1])
     opt = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, steps // 20 + 1, steps), 1e-4)
     opt_state = opt.init(params)

@@ -9,24 +9,12 @@ ahead of time (e.g. once on shared storage before a multi-host run). A dataset t
 is already prepared is left as it is.
 """
 
+import argparse
 import sys
 import time
 
-from absl import app, flags
-
+import sdn_jax.data
 from sdn_jax.data import builders
-
-_DATASET = flags.DEFINE_enum("dataset", None, builders.DATASET_NAMES, "Which dataset.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir to write to.")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "CelebA: the official release folder.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "Stored resolution (pixels per side).")
-_DATASET_SEED = flags.DEFINE_integer("dataset_seed", 0, "synth_faces: which synthetic world.")
-_NUM_TRAIN = flags.DEFINE_integer("num_train_identities", 1000, "synth_faces: train people.")
-_PHOTOS = flags.DEFINE_integer("photos_per_identity", 24, "synth_faces: photos per person.")
-_VALIDATION_PHOTOS = flags.DEFINE_integer(
-    "validation_photos_per_identity", 4, "synth_faces: held-out photos per train person."
-)
-_NUM_TEST = flags.DEFINE_integer("num_test_identities", 200, "synth_faces: unseen people.")
 
 
 def prepare_and_report(name, image_size, data_dir, manual_dir=None, **options) -> dict:
@@ -44,24 +32,24 @@ def prepare_and_report(name, image_size, data_dir, manual_dir=None, **options) -
     return sizes
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if _DATASET.value is None or _DATA_DIR.value is None:
-        raise app.UsageError("--dataset and --data_dir are required")
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Prepare a dataset into a TFDS data dir.")
+    parser.add_argument("--dataset", required=True, choices=builders.DATASET_NAMES)
+    parser.add_argument("--data_dir", required=True, help="TFDS data dir to write to.")
+    parser.add_argument("--manual_dir", help="CelebA: the official release folder.")
+    parser.add_argument("--image_size", type=int, default=64, help="Stored resolution.")
+    synth = parser.add_argument_group("synth_faces (defaults as in configs/default.py)")
+    synth.add_argument("--dataset_seed", type=int, default=0, help="Which synthetic world.")
+    synth.add_argument("--num_train_identities", type=int, default=1000)
+    synth.add_argument("--photos_per_identity", type=int, default=24)
+    synth.add_argument("--validation_photos_per_identity", type=int, default=4)
+    synth.add_argument("--num_test_identities", type=int, default=200)
+    args = parser.parse_args(argv)
     options = {}
-    if _DATASET.value == "synth_faces":
-        options = dict(
-            dataset_seed=_DATASET_SEED.value,
-            num_train_identities=_NUM_TRAIN.value,
-            photos_per_identity=_PHOTOS.value,
-            validation_photos_per_identity=_VALIDATION_PHOTOS.value,
-            num_test_identities=_NUM_TEST.value,
-        )
+    if args.dataset == "synth_faces":
+        options = {name: getattr(args, name) for name in sdn_jax.data.SYNTH_FACES_OPTIONS}
     try:
-        prepare_and_report(
-            _DATASET.value, _IMAGE_SIZE.value, _DATA_DIR.value, _MANUAL_DIR.value, **options
-        )
+        prepare_and_report(args.dataset, args.image_size, args.data_dir, args.manual_dir, **options)
     except ValueError as error:  # Bad sizes, a malformed CelebA release: one clear line.
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -69,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

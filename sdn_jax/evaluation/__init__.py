@@ -1,0 +1,1 @@
+"""Evaluation of a trained SDN: held-out summaries now, the independent attacker later."""

@@ -1,0 +1,128 @@
+"""End-of-training figures on held-out people, with SDN's own classifier.
+
+Recovery PSNR with the right key and with a wrong password, the classifier's attribute
+agreement on anonymized faces, and how often C's identity embedding links each output
+back to the person (nearest neighbour among one reference photo per person). C took part
+in training, so these are the trainer's view; the independent attacker of
+sdn_jax.evaluation.attacker gives the adversary's.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sdn_jax import keys
+from sdn_jax.data import attributes as attr_lib
+from sdn_jax.state import apply
+
+# Fixed evaluation keys: the same for every checkpoint, so runs and steps compare.
+EVAL_KEY_SEED = 1234
+
+OUTPUTS = ("anonymized", "recovered", "recovered_wrong_password", "recovered_wrong_attributes")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image PSNR (dB) of images in [-1, 1], computed on the [0, 1] scale."""
+    mse = np.mean(((a - b) / 2.0) ** 2, axis=(1, 2, 3))
+    return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-10))
+
+
+def evaluation_keys(batch: int, config) -> dict:
+    """Right keys, a wrong password (random, never the right one) and wrong attributes."""
+    rng = jax.random.key(EVAL_KEY_SEED)
+    rng_p, rng_a, rng_w, rng_wa = jax.random.split(rng, 4)
+    password = keys.random_passwords(rng_p, batch, config.model.password_bits)
+    target = keys.random_attributes(rng_a, batch, len(config.model.key_attributes))
+    wrong_password = keys.wrong_passwords(rng_w, password)
+    wrong_attributes = keys.flip_bits(rng_wa, target, 1)
+    return dict(
+        password=password,
+        attributes=target,
+        wrong_password=wrong_password,
+        wrong_attributes=wrong_attributes,
+    )
+
+
+def make_outputs_fn(networks: dict):
+    """jit-able (params, images, key) -> dict of the four outputs."""
+
+    def outputs(params, images, key):
+        encoder, decoder = networks["encoder"], networks["decoder"]
+
+        def decode(latent, direction, password, attributes, inputs):
+            condition = keys.condition_vector(direction, password, attributes)
+            return apply(decoder, params["decoder"], latent, condition, inputs)
+
+        latent = apply(encoder, params["encoder"], images)
+        anonymized = decode(latent, keys.ANONYMIZE, key["password"], key["attributes"], images)
+        latent_a = apply(encoder, params["encoder"], anonymized)
+        p, a = key["password"], key["attributes"]
+        return dict(
+            anonymized=anonymized,
+            recovered=decode(latent_a, keys.RECOVER, p, a, anonymized),
+            recovered_wrong_password=decode(
+                latent_a, keys.RECOVER, key["wrong_password"], a, anonymized
+            ),
+            recovered_wrong_attributes=decode(
+                latent_a, keys.RECOVER, p, key["wrong_attributes"], anonymized
+            ),
+        )
+
+    return outputs
+
+
+def _identification_rate(embeddings, identities, gallery_index, probe_index):
+    """Top-1 nearest-neighbour identification of probes against the gallery (cosine)."""
+    gallery = embeddings["original"][gallery_index]
+    gallery_ids = identities[gallery_index]
+    rates = {}
+    for name, emb in embeddings.items():
+        scores = emb[probe_index] @ gallery.T
+        predicted = gallery_ids[np.argmax(scores, axis=1)]
+        rates[name] = float(np.mean(predicted == identities[probe_index]))
+    return rates
+
+
+def evaluate_heldout(params, networks, batches, config, log=print) -> dict:
+    """Summary figures over `batches` (dicts with image, identity, mask) of a held-out split."""
+    outputs_fn = jax.jit(make_outputs_fn(networks))
+    classify = jax.jit(lambda p, x: apply(networks["classifier"], p, x))
+    key_index = np.asarray(attr_lib.attribute_indices(config.model.key_attributes))
+    collected = {name: [] for name in ("identity", "original", *OUTPUTS)}
+    psnrs = {name: [] for name in OUTPUTS}
+    attribute_hits = []
+    for batch in batches:
+        mask = np.asarray(batch["mask"], bool)
+        images = jnp.asarray(batch["image"])
+        key = evaluation_keys(images.shape[0], config)
+        outputs = jax.device_get(outputs_fn(params, images, key))
+        for name in OUTPUTS:
+            psnrs[name].append(psnr(outputs[name], np.asarray(images))[mask])
+        for name, x in (("original", images), *((n, outputs[n]) for n in OUTPUTS)):
+            c = classify(params["classifier"], jnp.asarray(x))
+            collected[name].append(np.asarray(c.embedding)[mask])
+            if name == "anonymized":
+                predicted = np.asarray(c.attribute_logits)[:, key_index] > 0
+                requested = np.asarray(key["attributes"]) > 0
+                attribute_hits.append((predicted == requested)[mask])
+        collected["identity"].append(np.asarray(batch["identity"])[mask])
+    identities = np.concatenate(collected.pop("identity"))
+    embeddings = {k: np.concatenate(v) for k, v in collected.items()}
+    # One reference photo per person (the first seen); every other photo is a probe.
+    _, gallery_index = np.unique(identities, return_index=True)
+    probe_index = np.setdiff1d(np.arange(len(identities)), gallery_index)
+    rates = _identification_rate(embeddings, identities, gallery_index, probe_index)
+    summary = {
+        "num_images": int(len(identities)),
+        "num_people": int(len(gallery_index)),
+        "psnr/recovered": float(np.mean(np.concatenate(psnrs["recovered"]))),
+        "psnr/anonymized": float(np.mean(np.concatenate(psnrs["anonymized"]))),
+        "psnr/wrong_password": float(np.mean(np.concatenate(psnrs["recovered_wrong_password"]))),
+        "psnr/wrong_attributes": float(
+            np.mean(np.concatenate(psnrs["recovered_wrong_attributes"]))
+        ),
+        "classifier/attribute_accuracy_anonymized": float(np.mean(np.concatenate(attribute_hits))),
+    }
+    for name, rate in rates.items():
+        summary[f"classifier/identification_{name}"] = rate
+    return summary

@@ -1,0 +1,94 @@
+"""Every loss term as a named pure function (METHOD.md section 4).
+
+Images are in [-1, 1]. Scalars are means over the batch (and pixels), so they do not
+depend on how the batch is split over devices.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def lsgan_generator(fake_scores: list[jax.Array]) -> jax.Array:
+    """Least-squares GAN, generator side: fakes should score 1 (real) at every scale."""
+    return jnp.mean(jnp.stack([jnp.mean((s - 1.0) ** 2) for s in fake_scores]))
+
+
+def lsgan_discriminator(real_scores: list[jax.Array], fake_scores: list[jax.Array]) -> jax.Array:
+    """Least-squares GAN, discriminator side: real -> 1, fake -> 0, averaged over scales."""
+    terms = [jnp.mean((r - 1.0) ** 2) + jnp.mean(f**2) for r, f in zip(real_scores, fake_scores)]
+    return jnp.mean(jnp.stack(terms))
+
+
+def l1(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Mean absolute error: the negative log-likelihood of a Laplace decoder, so
+    minimising it on the recovery maximises a Barber-Agakov bound on I(x; x_R)."""
+    return jnp.mean(jnp.abs(a - b))
+
+
+def per_image_l1(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.abs(a - b), axis=tuple(range(1, a.ndim)))
+
+
+def distance_margin(a: jax.Array, b: jax.Array, margin: float) -> jax.Array:
+    """Hinge that pushes images at least `margin` apart (mean |a - b| per image), and no
+    further: a wrong-key recovery must not be the original, nor need it be noise."""
+    return jnp.mean(jax.nn.relu(margin - per_image_l1(a, b)))
+
+
+def closeness_margin(a: jax.Array, b: jax.Array, margin: float) -> jax.Array:
+    """Hinge that keeps images within `margin` (mean |a - b| per image): background and
+    pose stay, while the face inside is free to change."""
+    return jnp.mean(jax.nn.relu(per_image_l1(a, b) - margin))
+
+
+def attribute_bce(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Binary cross-entropy of attribute logits against 0/1 targets (multi-label)."""
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets))
+
+
+def identity_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Cross-entropy of identity logits: the classifier learns people; the recovery must
+    be recognised as the original person."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def identity_removal(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """-log(1 - p(y | x_A)): zero when the classifier no longer sees the true person,
+    large when it does. Bounded gradients, unlike maximising the cross-entropy."""
+    log_p = jax.nn.log_softmax(logits)
+    p_true = jnp.exp(jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0])
+    return jnp.mean(-jnp.log1p(-jnp.clip(p_true, 0.0, 1.0 - 1e-6)))
+
+
+def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Mean cosine similarity of two batches of embeddings (rows need not be unit)."""
+    a = a / (jnp.linalg.norm(a, axis=-1, keepdims=True) + 1e-6)
+    b = b / (jnp.linalg.norm(b, axis=-1, keepdims=True) + 1e-6)
+    return jnp.mean(jnp.sum(a * b, axis=-1))
+
+
+def dissimilarity(a: jax.Array, b: jax.Array) -> jax.Array:
+    """(1 + cos) / 2 in [0, 1]: minimised, it drives cos(a, b) towards -1 (different people)."""
+    return 0.5 * (1.0 + cosine_similarity(a, b))
+
+
+def gaussian_log_likelihood(mean: jax.Array, log_var: jax.Array, y: jax.Array) -> jax.Array:
+    """Per-row log q(y | x) of a diagonal Gaussian, up to the constant."""
+    return jnp.sum(-0.5 * ((y - mean) ** 2 * jnp.exp(-log_var) + log_var), axis=-1)
+
+
+def club_upper_bound(mean: jax.Array, log_var: jax.Array, y: jax.Array) -> jax.Array:
+    """CLUB estimate of I(x; y): E[log q(y_i | x_i)] - E[log q(y_j | x_i)], negatives y_j
+    taken from the other rows of the batch (Cheng et al., 2020)."""
+    positive = gaussian_log_likelihood(mean, log_var, y)
+    # All pairs (i, j): mean over j of log q(y_j | x_i), without the constant.
+    diff = (y[None, :, :] - mean[:, None, :]) ** 2 * jnp.exp(-log_var)[:, None, :]
+    negative = jnp.mean(jnp.sum(-0.5 * (diff + log_var[:, None, :]), axis=-1), axis=1)
+    return jnp.mean(positive - negative)
+
+
+def key_information(logits: jax.Array, key_vector: jax.Array) -> jax.Array:
+    """BCE of the key predictor's bit logits against the password ({-0.5, 0.5} vector):
+    minus a Barber-Agakov lower bound on I(password; output), up to H(password)."""
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, key_vector + 0.5))

@@ -1,0 +1,80 @@
+"""Trains and evaluates SDN: `python -m sdn_jax.main --config configs/default.py --workdir DIR`.
+
+Flags, multi-host start-up and version logging; the work is in sdn_jax.train.
+Exit status 0 on success; otherwise one line on stderr says why.
+"""
+
+import logging
+import sys
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from sdn_jax import train
+
+log = logging.getLogger("sdn_jax")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumes if it has checkpoints).")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "evaluate"], "Train then evaluate, or only evaluate."
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for multi-process runs."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        raise app.UsageError("--config and --workdir are required")
+    if _COORDINATOR.value:
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    log.info(
+        "JAX %s, process %d/%d, devices: %s",
+        jax.__version__,
+        jax.process_index(),
+        jax.process_count(),
+        jax.devices(),
+    )
+    try:
+        if _MODE.value == "train":
+            train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        else:
+            train.evaluate_only(_CONFIG.value, _WORKDIR.value)
+    except train.Interrupted as stop:
+        print(f"Stopped: {stop}", file=sys.stderr)
+        return 130
+    except (train.NonFiniteLossError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if _COORDINATOR.value:
+            jax.distributed.shutdown()
+    return 0
+
+
+def _setup_logging() -> None:
+    """Our progress at INFO on stderr; libraries (Orbax's many INFO lines) at WARNING."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    ours = logging.getLogger("sdn_jax")
+    ours.setLevel(logging.INFO)
+    ours.addHandler(handler)
+    ours.propagate = False
+
+
+if __name__ == "__main__":
+    _setup_logging()
+    app.run(main)

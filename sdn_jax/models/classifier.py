@@ -1,0 +1,50 @@
+"""Feature extractor / classifier C, trained from scratch on real images.
+
+Three heads on one trunk: identity logits over the training people, attribute logits
+(40, multi-label), and an L2-normalised identity embedding f(x) that the identity
+losses compare (it also works for people C never saw).
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from sdn_jax.models.layers import ConvNormAct, ResBlock
+
+
+@flax.struct.dataclass
+class ClassifierOutput:
+    identity_logits: jax.Array  # (B, num_identities)
+    attribute_logits: jax.Array  # (B, num_attributes)
+    embedding: jax.Array  # (B, embedding_dim), unit norm
+
+
+class Classifier(nn.Module):
+    num_identities: int
+    num_attributes: int = 40
+    widths: Sequence[int] = (32, 64, 128, 128)
+    embedding_dim: int = 64
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> ClassifierOutput:
+        h = ConvNormAct(self.widths[0], kernel=4, stride=2)(images)
+        for width in self.widths[1:]:
+            h = ResBlock(width)(h)
+            h = ConvNormAct(width, kernel=4, stride=2)(h) if width != self.widths[-1] else h
+        pooled = h.mean(axis=(1, 2))
+        embedding = nn.Dense(self.embedding_dim)(pooled)
+        embedding = embedding / (jnp.linalg.norm(embedding, axis=-1, keepdims=True) + 1e-6)
+        # Cosine logits with a fixed scale (a normalised softmax): identity decisions and
+        # the embedding then agree, so the embedding identifies people C never saw.
+        weights = self.param(
+            "identity_weights",
+            nn.initializers.normal(1.0),
+            (self.embedding_dim, self.num_identities),
+        )
+        weights = weights / (jnp.linalg.norm(weights, axis=0, keepdims=True) + 1e-6)
+        identity_logits = 16.0 * embedding @ weights
+        attribute_logits = nn.Dense(self.num_attributes)(pooled)
+        return ClassifierOutput(identity_logits, attribute_logits, embedding)

@@ -1,0 +1,217 @@
+"""The train step: one pure function of (state, batch), jitted and sharded by the caller.
+
+Per step, for real images x of people y:
+  x_A  = G(E(x), anonymize, p, a_t)        anonymized
+  x_A2 = G(E(x), anonymize, p2, a_t)       the same face under a second password
+  x_R  = G(E(x_A), recover, p, a_t)        recovered: should be x
+  x_W  = G(E(x_A), recover, p', a')        wrong key: another face, not x
+Same-encoder passes share one encoder call, and decoder passes share one call on a
+doubled batch (bigger convolutions are cheaper per image). Update order: E/G/Q on the
+generator loss (with the current D, C, q), then D and C on that pass's fakes (reused,
+not recomputed), then the CLUB network q on the pass's embeddings.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from sdn_jax import keys, losses
+from sdn_jax.data import attributes as attr_lib
+from sdn_jax.state import GENERATOR_NETWORKS, TrainState, apply
+
+
+def _ramp(step, config):
+    """0 -> 1 over loss.ramp_steps: a short warm-up where reconstruction dominates."""
+    return jnp.clip(step.astype(jnp.float32) / max(1, config.loss.ramp_steps), 0.0, 1.0)
+
+
+def sample_keys(rng: jax.Array, batch: int, config: ml_collections.ConfigDict) -> dict:
+    """Random right keys (p, a_t), a second password p2 and wrong keys (p', a')."""
+    rng_p, rng_p2, rng_a, rng_w = jax.random.split(rng, 4)
+    num_attributes = len(config.model.key_attributes)
+    password = keys.random_passwords(rng_p, batch, config.model.password_bits)
+    target = keys.random_attributes(rng_a, batch, num_attributes)
+    wrong_password, wrong_attributes = keys.wrong_keys(rng_w, password, target)[:2]
+    return dict(
+        password=password,
+        password2=keys.random_passwords(rng_p2, batch, config.model.password_bits),
+        attributes=target,
+        wrong_password=wrong_password,
+        wrong_attributes=wrong_attributes,
+    )
+
+
+def dual_pass(networks: dict, params: dict, images: jax.Array, key: dict) -> dict:
+    """The four generator outputs of one batch (see the module docstring)."""
+    n = images.shape[0]
+    encoder, decoder = networks["encoder"], networks["decoder"]
+    anon = keys.condition_vector(keys.ANONYMIZE, key["password"], key["attributes"])
+    anon2 = keys.condition_vector(keys.ANONYMIZE, key["password2"], key["attributes"])
+    recover = keys.condition_vector(keys.RECOVER, key["password"], key["attributes"])
+    wrong = keys.condition_vector(keys.RECOVER, key["wrong_password"], key["wrong_attributes"])
+
+    def decode_twice(latent, condition_a, condition_b, inputs):
+        doubled = jax.tree.map(lambda x: jnp.concatenate([x, x]), latent)
+        out = apply(
+            decoder,
+            params["decoder"],
+            doubled,
+            jnp.concatenate([condition_a, condition_b]),
+            jnp.concatenate([inputs, inputs]),
+        )
+        return out[:n], out[n:]
+
+    latent = apply(encoder, params["encoder"], images)
+    anonymized, anonymized2 = decode_twice(latent, anon, anon2, images)
+    latent_anonymized = apply(encoder, params["encoder"], anonymized)
+    recovered, wrong_recovered = decode_twice(latent_anonymized, recover, wrong, anonymized)
+    return dict(
+        anonymized=anonymized,
+        anonymized2=anonymized2,
+        recovered=recovered,
+        wrong=wrong_recovered,
+    )
+
+
+def generator_loss(gen_params, frozen_params, networks, batch, key, step, config):
+    params = {**frozen_params, **gen_params}
+    w = config.loss
+    x, y = batch["image"], batch["identity"]
+    n = x.shape[0]
+    out = dual_pass(networks, params, x, key)
+    x_a, x_a2, x_r, x_w = out["anonymized"], out["anonymized2"], out["recovered"], out["wrong"]
+
+    fakes = jnp.concatenate([x_a, x_r, x_w])
+    adversarial = losses.lsgan_generator(
+        apply(networks["discriminator"], params["discriminator"], fakes)
+    )
+    c = apply(
+        networks["classifier"], params["classifier"], jnp.concatenate([x, x_a, x_a2, x_r, x_w])
+    )
+    emb = jnp.split(c.embedding, 5)
+    ids = jnp.split(c.identity_logits, 5)
+    attrs = jnp.split(c.attribute_logits, 5)
+    f_x = jax.lax.stop_gradient(emb[0])
+    key_index = jnp.asarray(attr_lib.attribute_indices(config.model.key_attributes))
+    mean, log_var = apply(networks["club"], params["club"], f_x, f_x.shape[-1])
+    q_logits = apply(networks["key_predictor"], params["key_predictor"], x, x_a)
+
+    terms = {
+        "adversarial": adversarial,
+        "recovery": losses.l1(x_r, x),
+        "keep_anonymized": losses.closeness_margin(x_a, x, w.keep_margin)
+        + losses.closeness_margin(x_a2, x, w.keep_margin),
+        "keep_wrong": losses.closeness_margin(x_w, x_a, w.keep_margin),
+        "wrong_distance": losses.distance_margin(x_w, x, w.wrong_margin),
+        "attributes": losses.attribute_bce(attrs[1][:, key_index], key["attributes"] + 0.5)
+        + losses.attribute_bce(attrs[4][:, key_index], key["wrong_attributes"] + 0.5),
+        "identity_removal": losses.identity_removal(ids[1], y) + losses.identity_removal(ids[4], y),
+        "identity_embedding": losses.dissimilarity(emb[1], f_x) + losses.dissimilarity(emb[4], f_x),
+        "club": losses.club_upper_bound(mean, log_var, emb[1]),
+        "diversity": losses.dissimilarity(emb[1], emb[2]),
+        "wrong_diversity": losses.dissimilarity(emb[4], jax.lax.stop_gradient(emb[1])),
+        "key_information": losses.key_information(q_logits, key["password"]),
+        "recovered_identity": losses.identity_cross_entropy(ids[3], y),
+    }
+    ramped = _ramp(step, config)
+    always = ("recovery", "keep_anonymized", "keep_wrong", "wrong_distance")
+    total = sum(w[k] * v * (1.0 if k in always else ramped) for k, v in terms.items())
+    fakes = jax.lax.stop_gradient(fakes)
+    aux = dict(terms=terms, fakes=fakes, f_x=f_x, f_a=jax.lax.stop_gradient(emb[1]), n=n)
+    return total, aux
+
+
+def discriminator_classifier_loss(dc_params, networks, batch, fakes, config):
+    """D: LSGAN real vs the three fakes. C: identity CE + attribute BCE on real images,
+    plus re-identifying x_A and x_W as the original person (an adversary to G)."""
+    x, y = batch["image"], batch["identity"]
+    n = x.shape[0]
+    real_scores = apply(networks["discriminator"], dc_params["discriminator"], x)
+    fake_scores = apply(networks["discriminator"], dc_params["discriminator"], fakes)
+    d_loss = losses.lsgan_discriminator(real_scores, fake_scores)
+    c = apply(networks["classifier"], dc_params["classifier"], jnp.concatenate([x, fakes]))
+    real_ids, anon_ids, wrong_ids = (
+        c.identity_logits[:n],
+        c.identity_logits[n : 2 * n],
+        c.identity_logits[3 * n :],
+    )
+    c_identity = losses.identity_cross_entropy(real_ids, y)
+    c_attributes = losses.attribute_bce(
+        c.attribute_logits[:n], batch["attributes"].astype(jnp.float32)
+    )
+    c_adversarial = losses.identity_cross_entropy(anon_ids, y) + losses.identity_cross_entropy(
+        wrong_ids, y
+    )
+    c_loss = c_identity + c_attributes + config.loss.classifier_adversarial * c_adversarial
+    accuracy = jnp.mean(jnp.argmax(real_ids, -1) == y)
+    metrics = dict(
+        d_total=d_loss,
+        c_identity=c_identity,
+        c_attributes=c_attributes,
+        c_adversarial=c_adversarial,
+        c_total=c_loss,
+        c_train_identity_accuracy=accuracy,
+    )
+    return d_loss + c_loss, metrics
+
+
+def club_loss(club_params, networks, f_x, f_a):
+    """q fits log q(f(x_A) | f(x)) on detached embeddings (CLUB's variational step)."""
+    mean, log_var = apply(networks["club"], club_params, f_x, f_x.shape[-1])
+    return -jnp.mean(losses.gaussian_log_likelihood(mean, log_var, f_a))
+
+
+def _update(optimizer, params, opt_state, grads):
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def train_step(state: TrainState, batch: dict, *, networks, optimizers, config, base_rng):
+    """One step of every network; returns the new state and scalar metrics."""
+    rng = jax.random.fold_in(base_rng, state.step)
+    key = sample_keys(rng, batch["image"].shape[0], config)
+    params, opt_state = dict(state.params), dict(state.opt_state)
+
+    gen_params = {k: params[k] for k in GENERATOR_NETWORKS}
+    frozen = {k: v for k, v in params.items() if k not in GENERATOR_NETWORKS}
+    (g_total, aux), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(
+        gen_params, frozen, networks, batch, key, state.step, config
+    )
+    for name in GENERATOR_NETWORKS:
+        params[name], opt_state[name] = _update(
+            optimizers[name], params[name], opt_state[name], g_grads[name]
+        )
+
+    dc_params = {k: params[k] for k in ("discriminator", "classifier")}
+    (_, dc_metrics), dc_grads = jax.value_and_grad(discriminator_classifier_loss, has_aux=True)(
+        dc_params, networks, batch, aux["fakes"], config
+    )
+    for name in ("discriminator", "classifier"):
+        params[name], opt_state[name] = _update(
+            optimizers[name], params[name], opt_state[name], dc_grads[name]
+        )
+
+    q_loss, q_grads = jax.value_and_grad(club_loss)(
+        params["club"], networks, aux["f_x"], aux["f_a"]
+    )
+    params["club"], opt_state["club"] = _update(
+        optimizers["club"], params["club"], opt_state["club"], q_grads
+    )
+
+    metrics = {f"loss/{k}": v for k, v in aux["terms"].items()}
+    metrics.update({f"loss/{k}": v for k, v in dc_metrics.items()})
+    metrics["loss/g_total"] = g_total
+    metrics["loss/club_fit"] = q_loss
+    metrics["loss/d_total"] = dc_metrics["d_total"]
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+
+def make_train_step(networks, optimizers, config, base_rng):
+    """train_step with everything but (state, batch) bound, ready for jax.jit."""
+    return functools.partial(
+        train_step, networks=networks, optimizers=optimizers, config=config, base_rng=base_rng
+    )
