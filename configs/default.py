@@ -34,18 +34,18 @@ def get_config() -> ml_collections.ConfigDict:
     # The user-chosen attributes that are part of the key and that anonymized faces show.
     model.key_attributes = ("Smiling", "Mouth_Slightly_Open", "Mustache", "Eyeglasses")
     # Encoder E / decoder G: channels per resolution, finest (full size) first.
-    model.widths = (16, 32, 64, 128)
-    model.encoder_res_blocks = 2  # at the deepest (H/8) level
-    model.decoder_res_blocks = 2
+    model.widths = (8, 24, 48, 96)
+    model.encoder_res_blocks = 1  # at the deepest (H/8) level
+    model.decoder_res_blocks = 1
     model.latent_dim = 128  # the pooled latent vector z that latent editing moves
     model.condition_hidden = 128  # MLP from (direction, password, attributes, z) to FiLM
     model.use_skips = (True, True, True)  # encoder -> decoder skips per level, finest first
     model.residual_output = True  # G predicts a change to its input image
-    model.discriminator_widths = (32, 64, 128)  # PatchGAN per scale
+    model.discriminator_widths = (16, 32, 64)  # PatchGAN per scale
     model.discriminator_scales = 2
-    model.classifier_widths = (32, 64, 128, 128)
+    model.classifier_widths = (16, 32, 64)
     model.embedding_dim = 64  # identity embedding f(x)
-    model.key_predictor_widths = (32, 64, 128)
+    model.key_predictor_widths = (16, 32, 64)
     model.club_hidden = 128
 
     config.loss = loss = ml_collections.ConfigDict()  # weights (METHOD.md section 4)

@@ -132,15 +132,15 @@ def discriminator_classifier_loss(dc_params, networks, batch, fakes, config):
     real_scores = apply(networks["discriminator"], dc_params["discriminator"], x)
     fake_scores = apply(networks["discriminator"], dc_params["discriminator"], fakes)
     d_loss = losses.lsgan_discriminator(real_scores, fake_scores)
-    c = apply(networks["classifier"], dc_params["classifier"], jnp.concatenate([x, fakes]))
-    real_ids, anon_ids, wrong_ids = (
-        c.identity_logits[:n],
-        c.identity_logits[n : 2 * n],
-        c.identity_logits[3 * n :],
+    # C re-identifies x_A and x_W (fakes are [x_A, x_R, x_W]); x_R is left to D.
+    anonymized, wrong = fakes[:n], fakes[2 * n :]
+    c = apply(
+        networks["classifier"], dc_params["classifier"], jnp.concatenate([x, anonymized, wrong])
     )
+    real_ids, anon_ids, wrong_ids = jnp.split(c.identity_logits, 3)
     c_identity = losses.identity_cross_entropy(real_ids, y)
     c_attributes = losses.attribute_bce(
-        c.attribute_logits[:n], batch["attributes"].astype(jnp.float32)
+        jnp.split(c.attribute_logits, 3)[0], batch["attributes"].astype(jnp.float32)
     )
     c_adversarial = losses.identity_cross_entropy(anon_ids, y) + losses.identity_cross_entropy(
         wrong_ids, y

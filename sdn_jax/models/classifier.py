@@ -25,15 +25,16 @@ class ClassifierOutput:
 class Classifier(nn.Module):
     num_identities: int
     num_attributes: int = 40
-    widths: Sequence[int] = (32, 64, 128, 128)
+    widths: Sequence[int] = (16, 32, 64)
     embedding_dim: int = 64
 
     @nn.compact
     def __call__(self, images: jax.Array) -> ClassifierOutput:
+        # Strided conv first: identity lives in shapes and colours that survive H/2.
         h = ConvNormAct(self.widths[0], kernel=4, stride=2)(images)
         for width in self.widths[1:]:
+            h = ConvNormAct(width, kernel=4, stride=2)(h)
             h = ResBlock(width)(h)
-            h = ConvNormAct(width, kernel=4, stride=2)(h) if width != self.widths[-1] else h
         pooled = h.mean(axis=(1, 2))
         embedding = nn.Dense(self.embedding_dim)(pooled)
         embedding = embedding / (jnp.linalg.norm(embedding, axis=-1, keepdims=True) + 1e-6)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from sdn_jax.models.encoder import Latent
-from sdn_jax.models.layers import ResBlock, upsample
+from sdn_jax.models.layers import FiLMConv, ResBlock, upsample
 
 # Inputs are pulled inside (-1, 1) before arctanh so that saturated pixels stay finite.
 _INPUT_SQUASH = 0.98
@@ -41,10 +41,12 @@ class Decoder(nn.Module):
             h = ResBlock(self.widths[-1])(h, film(self.widths[-1]))
         for level in reversed(range(len(self.widths) - 1)):
             width = self.widths[level]
-            h = nn.Conv(width, (3, 3))(upsample(h))
+            # Channels shrink before upsampling (cheap at low resolution); one FiLM conv
+            # per level keeps the full-resolution work small.
+            h = upsample(nn.Conv(width, (1, 1))(h))
             if self.use_skips[level]:
                 h = jnp.concatenate([h, latent.skips[level]], axis=-1)
-            h = ResBlock(width)(h, film(width))
+            h = FiLMConv(width)(h, nn.Dense(2 * width)(embedding))
         out = nn.Conv(3, (3, 3), kernel_init=nn.initializers.zeros)(h)
         if self.residual_output:
             out = out + jnp.arctanh(_INPUT_SQUASH * inputs)

@@ -56,6 +56,23 @@ class ResBlock(nn.Module):
         return nn.leaky_relu(residual + x, 0.2)
 
 
+class FiLMConv(nn.Module):
+    """3x3 conv -> GroupNorm -> FiLM (per-example scale, shift) -> leaky ReLU.
+
+    film: (batch, 2 * features). The decoder's one block per resolution above the deepest.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x, film):
+        x = nn.Conv(self.features, (3, 3), use_bias=False)(x)
+        x = group_norm(self.features)(x)
+        scale, shift = jnp.split(film, 2, axis=-1)
+        x = x * (1 + scale[:, None, None, :]) + shift[:, None, None, :]
+        return nn.leaky_relu(x, 0.2)
+
+
 def upsample(x: jax.Array) -> jax.Array:
     """x2 nearest-neighbour upsampling (a conv after it does the learning)."""
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
