@@ -51,9 +51,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss = loss = ml_collections.ConfigDict()  # weights (METHOD.md section 4)
     loss.adversarial = 1.0  # LSGAN on x_A, x_R, x_W
     loss.recovery = 100.0  # L1(x_R, x)
+    loss.recovery_grad_scale = 0.1  # how much of the recovery gradient reaches x_A
     loss.keep_anonymized = 10.0  # hinge: mean |x_A - x| at most keep_margin
     loss.keep_wrong = 10.0  # hinge: mean |x_W - x_A| at most keep_margin
     loss.keep_margin = 0.08  # in [-1, 1] units per pixel
+    loss.change_anonymized = 10.0  # hinge: x_A at least change_margin from x, and from x_A2
+    loss.change_margin = 0.06
     loss.wrong_distance = 10.0  # hinge: mean |x_W - x| at least wrong_margin
     loss.wrong_margin = 0.15
     loss.attributes = 1.0  # BCE of C's key-attribute logits on x_A (a_t) and x_W (a')

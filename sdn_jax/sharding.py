@@ -16,7 +16,8 @@ BATCH_AXES = ("data", "fsdp")
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
     devices = jax.devices() if devices is None else devices
     count, fsdp = len(devices), mesh_config.fsdp
-    data = count // fsdp if mesh_config.data == -1 else mesh_config.data
+    # fsdp < 1 must reach the ValueError below, not divide by zero here.
+    data = count // fsdp if mesh_config.data == -1 and fsdp >= 1 else mesh_config.data
     if fsdp < 1 or data < 1 or data * fsdp != count:
         raise ValueError(
             f"mesh.data ({mesh_config.data}) x mesh.fsdp ({fsdp}) must use all {count} "

@@ -44,8 +44,22 @@ def sample_keys(rng: jax.Array, batch: int, config: ml_collections.ConfigDict) -
     )
 
 
-def dual_pass(networks: dict, params: dict, images: jax.Array, key: dict) -> dict:
-    """The four generator outputs of one batch (see the module docstring)."""
+def scale_gradient(x: jax.Array, scale: float) -> jax.Array:
+    """x in the forward pass; its gradient multiplied by `scale` in the backward pass."""
+    if scale == 1.0:
+        return x
+    return scale * x + (1.0 - scale) * jax.lax.stop_gradient(x)
+
+
+def dual_pass(
+    networks: dict, params: dict, images: jax.Array, key: dict, recovery_grad_scale: float = 1.0
+) -> dict:
+    """The four generator outputs of one batch (see the module docstring).
+
+    recovery_grad_scale scales the gradient that the recovery pass sends back into x_A:
+    at full strength the recovery loss simply pulls x_A back to x (nothing to undo), and
+    the anonymization never starts.
+    """
     n = images.shape[0]
     encoder, decoder = networks["encoder"], networks["decoder"]
     anon = keys.condition_vector(keys.ANONYMIZE, key["password"], key["attributes"])
@@ -66,8 +80,9 @@ def dual_pass(networks: dict, params: dict, images: jax.Array, key: dict) -> dic
 
     latent = apply(encoder, params["encoder"], images)
     anonymized, anonymized2 = decode_twice(latent, anon, anon2, images)
-    latent_anonymized = apply(encoder, params["encoder"], anonymized)
-    recovered, wrong_recovered = decode_twice(latent_anonymized, recover, wrong, anonymized)
+    anonymized_in = scale_gradient(anonymized, recovery_grad_scale)
+    latent_anonymized = apply(encoder, params["encoder"], anonymized_in)
+    recovered, wrong_recovered = decode_twice(latent_anonymized, recover, wrong, anonymized_in)
     return dict(
         anonymized=anonymized,
         anonymized2=anonymized2,
@@ -81,7 +96,7 @@ def generator_loss(gen_params, frozen_params, networks, batch, key, step, config
     w = config.loss
     x, y = batch["image"], batch["identity"]
     n = x.shape[0]
-    out = dual_pass(networks, params, x, key)
+    out = dual_pass(networks, params, x, key, w.recovery_grad_scale)
     x_a, x_a2, x_r, x_w = out["anonymized"], out["anonymized2"], out["recovered"], out["wrong"]
 
     fakes = jnp.concatenate([x_a, x_r, x_w])
@@ -105,6 +120,8 @@ def generator_loss(gen_params, frozen_params, networks, batch, key, step, config
         "keep_anonymized": losses.closeness_margin(x_a, x, w.keep_margin)
         + losses.closeness_margin(x_a2, x, w.keep_margin),
         "keep_wrong": losses.closeness_margin(x_w, x_a, w.keep_margin),
+        "change_anonymized": losses.distance_margin(x_a, x, w.change_margin)
+        + losses.distance_margin(x_a2, x_a, w.change_margin),
         "wrong_distance": losses.distance_margin(x_w, x, w.wrong_margin),
         "attributes": losses.attribute_bce(attrs[1][:, key_index], key["attributes"] + 0.5)
         + losses.attribute_bce(attrs[4][:, key_index], key["wrong_attributes"] + 0.5),
@@ -117,7 +134,7 @@ def generator_loss(gen_params, frozen_params, networks, batch, key, step, config
         "recovered_identity": losses.identity_cross_entropy(ids[3], y),
     }
     ramped = _ramp(step, config)
-    always = ("recovery", "keep_anonymized", "keep_wrong", "wrong_distance")
+    always = ("recovery", "keep_anonymized", "keep_wrong", "wrong_distance", "change_anonymized")
     total = sum(w[k] * v * (1.0 if k in always else ramped) for k, v in terms.items())
     fakes = jax.lax.stop_gradient(fakes)
     aux = dict(terms=terms, fakes=fakes, f_x=f_x, f_a=jax.lax.stop_gradient(emb[1]), n=n)

@@ -26,6 +26,9 @@ class Decoder(nn.Module):
     condition_hidden: int = 128
     use_skips: Sequence[bool] = (True, True, True)  # per level, finest first
     residual_output: bool = True
+    # Scale of the output layer's initial weights. Small but not zero: at zero the first
+    # steps' outputs ignore the key, and the key-dependent losses have nothing to grip.
+    output_init_scale: float = 0.1
 
     @nn.compact
     def __call__(self, latent: Latent, condition: jax.Array, inputs: jax.Array) -> jax.Array:
@@ -47,7 +50,13 @@ class Decoder(nn.Module):
             if self.use_skips[level]:
                 h = jnp.concatenate([h, latent.skips[level]], axis=-1)
             h = FiLMConv(width)(h, nn.Dense(2 * width)(embedding))
-        out = nn.Conv(3, (3, 3), kernel_init=nn.initializers.zeros)(h)
+        out = nn.Conv(
+            3,
+            (3, 3),
+            kernel_init=nn.initializers.variance_scaling(
+                self.output_init_scale, "fan_in", "truncated_normal"
+            ),
+        )(h)
         if self.residual_output:
             out = out + jnp.arctanh(_INPUT_SQUASH * inputs)
         return jnp.tanh(out)

@@ -1,0 +1,240 @@
+"""The networks: condition sensitivity, batch independence, identity at init, shapes of
+contract (unit embeddings), config validation and parameter counts.
+
+Compiles are slow on CPU, so one jitted function computes every network's outputs and
+serves all tests: it compiles once for a batch of 8 and once for a batch of 1.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from sdn_jax import keys
+from sdn_jax import state as state_lib
+from sdn_jax.models.decoder import _INPUT_SQUASH, Decoder
+from sdn_jax.models.encoder import Latent
+
+NUM_IDENTITIES = 12
+BATCH = 8
+# LLVM's optimisations dominate CPU compile time (init: ~35 s -> ~6 s) and do not change
+# what these tests check.
+fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+@pytest.fixture(scope="module")
+def config():
+    return tiny.get_config()
+
+
+@pytest.fixture(scope="module")
+def networks(config):
+    return state_lib.build_networks(config, NUM_IDENTITIES)
+
+
+@pytest.fixture(scope="module")
+def params(networks, config):
+    init = fast_jit(lambda rng: state_lib.init_params(rng, networks, config))
+    return init(jax.random.key(0))
+
+
+def perturb(tree, seed, scale=0.05):
+    """Adds N(0, scale^2) noise to every leaf, so that no zero-initialised or tiny layer
+    can hide the condition's effect. numpy noise: no compiles."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda x: jnp.asarray(x + scale * rng.standard_normal(x.shape), x.dtype), tree
+    )
+
+
+def zero_output_layer(decoder_params):
+    """The decoder's output conv (the only conv with 3 output channels) set to zero."""
+    names = [
+        k for k, v in decoder_params.items() if k.startswith("Conv") and v["kernel"].shape[-1] == 3
+    ]
+    assert len(names) == 1, names
+    return {**decoder_params, names[0]: jax.tree.map(jnp.zeros_like, decoder_params[names[0]])}
+
+
+@pytest.fixture(scope="module")
+def noisy_params(params):
+    return {**params, "decoder": perturb(params["decoder"], 1)}
+
+
+@pytest.fixture(scope="module")
+def all_outputs(networks, config):
+    """Every network's eval output for (images, conditions), one compile per batch size."""
+
+    @fast_jit
+    def outputs(params, images, conditions):
+        latent = state_lib.apply(networks["encoder"], params["encoder"], images)
+        decoded = state_lib.apply(
+            networks["decoder"], params["decoder"], latent, conditions, images
+        )
+        c = state_lib.apply(networks["classifier"], params["classifier"], images)
+        mean, log_var = state_lib.apply(
+            networks["club"], params["club"], c.embedding, config.model.embedding_dim
+        )
+        return dict(
+            latent_vector=latent.vector,
+            decoded=decoded,
+            identity_logits=c.identity_logits,
+            attribute_logits=c.attribute_logits,
+            embedding=c.embedding,
+            discriminator=state_lib.apply(
+                networks["discriminator"], params["discriminator"], images
+            ),
+            key_logits=state_lib.apply(
+                networks["key_predictor"], params["key_predictor"], images, decoded
+            ),
+            club_mean=mean,
+            club_log_var=log_var,
+        )
+
+    return outputs
+
+
+def random_images(seed, n, size):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
+    images[:, :2] = 1.0  # saturated pixels must stay finite through arctanh
+    images[:, -2:] = -1.0
+    return jnp.asarray(images)
+
+
+def random_conditions(seed, n, config):
+    rng = jax.random.key(seed)
+    password = keys.random_passwords(rng, n, config.model.password_bits)
+    attributes = keys.random_attributes(
+        jax.random.fold_in(rng, 1), n, len(config.model.key_attributes)
+    )
+    return keys.condition_vector(keys.ANONYMIZE, password, attributes)
+
+
+@pytest.fixture(scope="module")
+def condition_batch(config):
+    """One image in rows 0-3 under: a base condition, the direction flipped, one password
+    bit flipped, one attribute flipped; rows 4-7 other images and random conditions."""
+    size = config.data.image_size
+    images = np.array(random_images(0, BATCH, size))
+    images[1:4] = images[0]
+    conditions = np.array(random_conditions(0, BATCH, config))
+    conditions[1:4] = conditions[0]
+    conditions[1, 0] = -conditions[0, 0]  # direction flag
+    conditions[2, 1 + 5] = -conditions[0, 1 + 5]  # one password bit
+    conditions[3, -1] = -conditions[0, -1]  # one key attribute
+    return jnp.asarray(images), jnp.asarray(conditions)
+
+
+@pytest.fixture(scope="module")
+def batch_outputs(all_outputs, noisy_params, condition_batch):
+    return jax.device_get(all_outputs(noisy_params, *condition_batch))
+
+
+@pytest.mark.parametrize("row, what", [(1, "direction"), (2, "password bit"), (3, "attribute")])
+def test_decoder_output_depends_on_every_part_of_the_condition(batch_outputs, row, what):
+    decoded = batch_outputs["decoded"]
+    change = np.abs(decoded[row] - decoded[0])
+    assert change.max() > 1e-3, f"flipping the {what} did not change the decoder output"
+    # The encoder saw the same image: only the condition differs.
+    np.testing.assert_allclose(
+        batch_outputs["latent_vector"][row], batch_outputs["latent_vector"][0], atol=1e-6
+    )
+
+
+def test_distinct_conditions_give_distinct_outputs(batch_outputs):
+    decoded = batch_outputs["decoded"][:4].reshape(4, -1)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert np.abs(decoded[i] - decoded[j]).max() > 1e-3, (i, j)
+
+
+def test_outputs_do_not_depend_on_the_rest_of_the_batch(
+    all_outputs, noisy_params, condition_batch, batch_outputs
+):
+    images, conditions = condition_batch
+    for row in (0, 2, 5):
+        single = jax.device_get(
+            all_outputs(noisy_params, images[row : row + 1], conditions[row : row + 1])
+        )
+        for name, value in single.items():
+            values, batched = jax.tree.leaves(value), jax.tree.leaves(batch_outputs[name])
+            for one, many in zip(values, batched, strict=True):
+                np.testing.assert_allclose(
+                    one[0], many[row], rtol=1e-5, atol=1e-5, err_msg=f"{name}, row {row}"
+                )
+
+
+def test_decoder_with_zero_output_layer_is_the_identity(all_outputs, params, condition_batch):
+    """Zero last conv + residual output: G(E(x), c, x) = tanh(arctanh(0.98 x)) = 0.98 x."""
+    images, conditions = condition_batch
+    params = {**params, "decoder": zero_output_layer(params["decoder"])}
+    decoded = np.asarray(all_outputs(params, images, conditions)["decoded"])
+    np.testing.assert_allclose(decoded, _INPUT_SQUASH * np.asarray(images), atol=1e-5)
+    assert np.abs(decoded - np.asarray(images)).max() <= 1 - _INPUT_SQUASH + 1e-5
+
+
+def test_outputs_are_finite_and_in_range(batch_outputs):
+    for name, value in batch_outputs.items():
+        for leaf in jax.tree.leaves(value):
+            assert np.isfinite(leaf).all(), name
+    assert np.abs(batch_outputs["decoded"]).max() <= 1.0
+    # The CLUB network's log-variance is bounded (tanh * 4) to keep the bound stable.
+    assert np.abs(batch_outputs["club_log_var"]).max() <= 4.0
+
+
+def test_classifier_embedding_has_unit_norm_and_cosine_logits(batch_outputs):
+    norms = np.linalg.norm(batch_outputs["embedding"], axis=-1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    # Identity logits are 16 * cosine(embedding, class weight): bounded by the scale.
+    assert np.abs(batch_outputs["identity_logits"]).max() <= 16.0 + 1e-4
+    assert batch_outputs["identity_logits"].shape == (BATCH, NUM_IDENTITIES)
+
+
+def test_use_skips_length_mismatch_is_a_clear_error():
+    for flags in ((True,), (True, True, True)):
+        bad = tiny.get_config()
+        bad.model.use_skips = flags
+        with pytest.raises(ValueError, match=r"use_skips needs one flag per level.*got"):
+            state_lib.build_networks(bad, NUM_IDENTITIES)
+
+
+def test_decoder_without_skips_ignores_them():
+    """use_skips=False at every level: the skip maps must not reach the output, while the
+    latent map must; without residual output a zero output layer gives a grey image."""
+    decoder = Decoder(widths=(8, 16, 32), num_res_blocks=1, condition_hidden=16,
+                      use_skips=(False, False), residual_output=False)  # fmt: skip
+    rng = np.random.default_rng(0)
+
+    def latent(features_seed, skips_seed):
+        f = np.random.default_rng(features_seed).normal(size=(2, 8, 8, 32))
+        s = np.random.default_rng(skips_seed)
+        skips = (s.normal(size=(2, 32, 32, 8)), s.normal(size=(2, 16, 16, 16)))
+        vector = np.ones((2, 4))
+        return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), Latent(f, skips, vector))
+
+    condition = jnp.asarray(rng.choice([-0.5, 0.5], (2, 5)), jnp.float32)
+    inputs = jnp.asarray(rng.uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
+    variables = fast_jit(decoder.init)(jax.random.key(0), latent(0, 0), condition, inputs)
+    apply = fast_jit(decoder.apply)
+    grey = {"params": zero_output_layer(variables["params"])}
+    np.testing.assert_array_equal(apply(grey, latent(0, 0), condition, inputs), 0.0)
+    variables = perturb(variables, 2)
+    base = apply(variables, latent(0, 0), condition, inputs)
+    np.testing.assert_allclose(apply(variables, latent(0, 1), condition, inputs), base, atol=1e-6)
+    assert np.abs(apply(variables, latent(1, 0), condition, inputs) - base).max() > 1e-3
+
+
+def test_every_network_has_parameters(params, networks, config):
+    assert set(networks) == set(state_lib.NETWORKS) == set(params)
+    counts = state_lib.parameter_counts(params)
+    for name in state_lib.NETWORKS:
+        assert counts[name] > 0, name
+        assert counts[name] == sum(np.size(x) for x in jax.tree.leaves(params[name]))
+    # The decoder's condition MLP reads the declared condition size plus the latent vector.
+    inputs = state_lib.condition_size(config) + config.model.latent_dim
+    dense = [v["kernel"].shape for k, v in params["decoder"].items() if k.startswith("Dense")]
+    assert any(shape[0] == inputs for shape in dense), dense

@@ -1,0 +1,380 @@
+"""The train step: key sampling, the dual pass, and sharded == single-device.
+
+The sharded test runs this file as a script in a subprocess with 8 fake CPU devices
+(XLA_FLAGS must be set before JAX starts); the script prints one JSON line that the
+tests here check. Compiles are slow on CPU, so it compiles each train step once and
+every sharding test reads the same run.
+"""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from sdn_jax import keys, sharding, steps
+from sdn_jax import state as state_lib
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM_IDENTITIES = 12
+# LLVM's optimisations dominate CPU compile time (a train step: ~45 s -> ~20 s) and do
+# not change what these tests check (the SPMD partitioning happens before them).
+fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+@pytest.fixture(scope="module")
+def config():
+    return tiny.get_config()
+
+
+@pytest.fixture(scope="module")
+def networks(config):
+    return state_lib.build_networks(config, NUM_IDENTITIES)
+
+
+@pytest.fixture(scope="module")
+def params(networks, config):
+    return fast_jit(lambda rng: state_lib.init_params(rng, networks, config))(jax.random.key(0))
+
+
+# ------------------------------------------------------------------------- sample_keys
+
+
+@pytest.fixture(scope="module")
+def sampled(config):
+    return jax.device_get(steps.sample_keys(jax.random.key(3), 2048, config))
+
+
+def test_sample_keys_wrong_key_never_equals_right_key(sampled, config):
+    k, a = config.model.password_bits, len(config.model.key_attributes)
+    shapes = dict(password=k, password2=k, wrong_password=k, attributes=a, wrong_attributes=a)
+    for name, width in shapes.items():
+        assert sampled[name].shape == (2048, width), name
+        assert set(np.unique(sampled[name])) == {-0.5, 0.5}, name
+    same_password = (sampled["wrong_password"] == sampled["password"]).all(-1)
+    same_attributes = (sampled["wrong_attributes"] == sampled["attributes"]).all(-1)
+    assert not (same_password & same_attributes).any()
+    # Some wrong keys differ by the attributes alone, some by only a few password bits.
+    assert same_password.mean() > 0.1
+    bits_off = (sampled["wrong_password"] != sampled["password"]).sum(-1)
+    few = same_attributes & (bits_off >= 1) & (bits_off <= keys.FEW_BITS_MAX)
+    assert few.mean() > 0.1
+    # The second password is an independent draw (16 bits: equal with p = 2^-16).
+    assert (sampled["password2"] != sampled["password"]).any(-1).mean() > 0.99
+
+
+def test_sample_keys_is_a_function_of_the_rng(sampled, config):
+    again = jax.device_get(steps.sample_keys(jax.random.key(3), 2048, config))
+    other = jax.device_get(steps.sample_keys(jax.random.key(4), 2048, config))
+    for name in sampled:
+        np.testing.assert_array_equal(again[name], sampled[name])
+        assert (other[name] != sampled[name]).any(), name
+
+
+# --------------------------------------------------------------------------- dual_pass
+
+
+@pytest.fixture(scope="module")
+def dual_pass_and_reference(networks):
+    """dual_pass, and each of its four outputs recomputed one decoder call at a time."""
+
+    @fast_jit
+    def run(params, images, key):
+        out = steps.dual_pass(networks, params, images, key)
+
+        def generate(inputs, direction, password, attributes):
+            latent = state_lib.apply(networks["encoder"], params["encoder"], inputs)
+            condition = keys.condition_vector(direction, password, attributes)
+            return state_lib.apply(
+                networks["decoder"], params["decoder"], latent, condition, inputs
+            )
+
+        a = key["attributes"]
+        x_a = out["anonymized"]
+        reference = dict(
+            anonymized=generate(images, keys.ANONYMIZE, key["password"], a),
+            anonymized2=generate(images, keys.ANONYMIZE, key["password2"], a),
+            recovered=generate(x_a, keys.RECOVER, key["password"], a),
+            wrong=generate(x_a, keys.RECOVER, key["wrong_password"], key["wrong_attributes"]),
+        )
+        return out, reference
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+    images[:, 0] = 1.0  # saturated pixels stay finite through the residual arctanh
+    images[:, 1] = -1.0
+    return jnp.asarray(images)
+
+
+@pytest.fixture(scope="module")
+def noisy_params(params):
+    """Decoder noise: no zero or tiny layer can hide the keys' effect."""
+    rng = np.random.default_rng(1)
+    noise = lambda x: jnp.asarray(x + 0.05 * rng.standard_normal(x.shape), x.dtype)
+    return {**params, "decoder": jax.tree.map(noise, params["decoder"])}
+
+
+def test_dual_pass_wiring_and_range(dual_pass_and_reference, noisy_params, images, config):
+    key = steps.sample_keys(jax.random.key(5), images.shape[0], config)
+    out, reference = jax.device_get(dual_pass_and_reference(noisy_params, images, key))
+    for name in ("anonymized", "anonymized2", "recovered", "wrong"):
+        assert np.isfinite(out[name]).all() and np.abs(out[name]).max() <= 1.0, name
+        # x_A, x_A2 from x; x_R and x_W from the anonymized image with the right/wrong key.
+        np.testing.assert_allclose(out[name], reference[name], atol=2e-5, err_msg=name)
+    # The keys matter: two passwords, and the right vs a wrong key, give different images.
+    assert np.abs(out["anonymized"] - out["anonymized2"]).max() > 1e-3
+    assert np.abs(out["recovered"] - out["wrong"]).max() > 1e-3
+
+
+def test_dual_pass_with_zero_output_layer_is_the_identity_chain(
+    dual_pass_and_reference, params, images, config
+):
+    """Zero output layer: G(., x) = 0.98 x, so x_A = 0.98 x and x_R = 0.98 x_A (not 0.98 x)."""
+    decoder = params["decoder"]
+    names = [k for k, v in decoder.items() if k.startswith("Conv") and v["kernel"].shape[-1] == 3]
+    assert len(names) == 1, names
+    zero = jax.tree.map(jnp.zeros_like, decoder[names[0]])
+    params = {**params, "decoder": {**decoder, names[0]: zero}}
+    key = steps.sample_keys(jax.random.key(5), images.shape[0], config)
+    out, _ = jax.device_get(dual_pass_and_reference(params, images, key))
+    x = np.asarray(images)
+    np.testing.assert_allclose(out["anonymized"], 0.98 * x, atol=1e-5)
+    np.testing.assert_allclose(out["anonymized2"], 0.98 * x, atol=1e-5)
+    np.testing.assert_allclose(out["recovered"], 0.98 * out["anonymized"], atol=1e-5)
+    np.testing.assert_allclose(out["wrong"], 0.98 * out["anonymized"], atol=1e-5)
+    assert np.abs(out["recovered"] - x).max() < 0.05  # ~x
+
+
+# ------------------------------------------------------------------ sharded == 1 device
+
+NUM_STEPS = 3  # the first step's learning rate is 0 (warm-up from 0): step 3 reads step 2's update
+MESHES = (("one_device", 1, 1), ("data8", 8, 1), ("data4_fsdp2", 8, 2))
+
+
+def _synthetic_batches(num_identities, size, batch=8, count=NUM_STEPS):
+    rng = np.random.default_rng(0)
+    return [
+        dict(
+            image=rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
+            identity=rng.integers(0, num_identities, batch).astype(np.int32),
+            attributes=rng.random((batch, 40)) < 0.5,
+        )
+        for _ in range(count)
+    ]
+
+
+def _max_abs(a, b):
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)), initial=0))
+
+
+def _adam_moments(opt_state, which):
+    """The leaves of Adam's mu (or nu) in one network's optimiser state."""
+    flat = jax.tree_util.tree_flatten_with_path(opt_state)[0]
+    return [leaf for path, leaf in flat if jax.tree_util.GetAttrKey(which) in path]
+
+
+def _error(fn):
+    try:
+        fn()
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _sharded_worker() -> dict:
+    """Runs NUM_STEPS train steps on each mesh from the same state and batches."""
+    devices = jax.devices()
+    assert len(devices) == 8, devices
+    config = tiny.get_config()
+    networks = state_lib.build_networks(config, NUM_IDENTITIES)
+    optimizers = state_lib.build_optimizers(config)
+    init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+    create = lambda: state_lib.create_state(init_rng, networks, optimizers, config)
+    abstract = jax.eval_shape(create)
+    initial = jax.device_get(fast_jit(create)())
+    batches = _synthetic_batches(NUM_IDENTITIES, config.data.image_size)
+    runs = {}
+    for name, count, fsdp in MESHES:
+        start = time.perf_counter()
+        config.mesh.fsdp = fsdp
+        mesh = sharding.make_mesh(config.mesh, devices[:count])
+        sharding.check_batch_size(config.train.global_batch_size, mesh)
+        state_sharding = sharding.state_shardings(abstract, mesh)
+        batch_sharding = sharding.batch_sharding(mesh)
+        if fsdp > 1:  # created already sharded, as train.py does
+            state = fast_jit(create, out_shardings=state_sharding)()
+            created_diff = max(map(_max_abs, jax.tree.leaves(initial), jax.tree.leaves(state)))
+        else:
+            state, created_diff = jax.device_put(initial, state_sharding), 0.0
+        train_step = fast_jit(
+            steps.make_train_step(networks, optimizers, config, step_rng),
+            in_shardings=(state_sharding, batch_sharding),
+            out_shardings=(state_sharding, sharding.replicated(mesh)),
+            donate_argnums=0,
+        )
+        metrics = []
+        for batch in batches:
+            batch = sharding.global_batch(batch, batch_sharding)
+            state, step_metrics = train_step(state, batch)
+            metrics.append({k: float(v) for k, v in step_metrics.items()})
+        sharded_leaves = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(state))
+        runs[name] = dict(
+            metrics=metrics,
+            state=jax.device_get(state),
+            created_diff=created_diff,
+            sharded_leaves=sharded_leaves,
+            batch_shards=batch["image"].shape[0]
+            // batch["image"].sharding.shard_shape(batch["image"].shape)[0],
+            seconds=time.perf_counter() - start,
+        )
+        print(f"{name}: {runs[name]['seconds']:.1f} s", file=sys.stderr, flush=True)
+
+    reference = runs["one_device"]
+    report = {"runs": {}}
+    for name, run in runs.items():
+        ref_params, params = reference["state"].params, run["state"].params
+        entry = dict(
+            seconds=run["seconds"],
+            created_diff=run["created_diff"],
+            sharded_leaves=run["sharded_leaves"],
+            batch_shards=run["batch_shards"],
+            step=int(run["state"].step),
+            metric_names=sorted(run["metrics"][0]),
+            metrics_abs_diff=max(
+                abs(a[k] - b[k]) for a, b in zip(reference["metrics"], run["metrics"]) for k in a
+            ),
+            metrics_rel_diff=max(
+                abs(a[k] - b[k]) / max(1.0, abs(a[k]))
+                for a, b in zip(reference["metrics"], run["metrics"])
+                for k in a
+            ),
+            metrics_finite=all(np.isfinite(v) for m in run["metrics"] for v in m.values()),
+            params_diff={
+                n: max(map(_max_abs, jax.tree.leaves(ref_params[n]), jax.tree.leaves(params[n])))
+                for n in ref_params
+            },
+            params_moved={
+                n: max(map(_max_abs, jax.tree.leaves(initial.params[n]), jax.tree.leaves(p)))
+                for n, p in params.items()
+            },
+        )
+        for which in ("mu", "nu"):  # Adam's moments: linear / quadratic in the gradients
+            entry[f"{which}_rel_diff"] = {}
+            for n in ref_params:
+                ref = _adam_moments(reference["state"].opt_state[n], which)
+                got = _adam_moments(run["state"].opt_state[n], which)
+                scale = max(float(np.max(np.abs(x))) for x in ref)
+                entry[f"{which}_rel_diff"][n] = max(map(_max_abs, ref, got)) / scale
+        report["runs"][name] = entry
+
+    mesh8 = sharding.make_mesh(tiny.get_config().mesh, devices)
+    bad_mesh = lambda data, fsdp: lambda: sharding.make_mesh(_mesh_config(data, fsdp), devices)
+    report["errors"] = dict(
+        batch_12_on_8=_error(lambda: sharding.check_batch_size(12, mesh8)),
+        batch_16_on_8=_error(lambda: sharding.check_batch_size(16, mesh8)),
+        mesh_3x2=_error(bad_mesh(3, 2)),
+        mesh_all_x3=_error(bad_mesh(-1, 3)),
+        mesh_16x1=_error(bad_mesh(16, 1)),
+        mesh_fsdp0=_error(bad_mesh(-1, 0)),
+    )
+    report["good_mesh_2x4"] = dict(sharding.make_mesh(_mesh_config(2, 4), devices).shape)
+    return report
+
+
+def _mesh_config(data, fsdp):
+    config = tiny.get_config().mesh
+    config.data, config.fsdp = data, fsdp
+    return config
+
+
+@pytest.fixture(scope="module")
+def sharded_report():
+    env = dict(os.environ)
+    env["JAX_PLATFORMS"] = "cpu"
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, __file__],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    line = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    report = json.loads(line[len("RESULT ") :])
+    print(json.dumps(report, indent=1))  # the measured differences, shown with -s
+    return report
+
+
+@pytest.mark.parametrize("name", [m[0] for m in MESHES[1:]])
+def test_sharded_step_matches_single_device(sharded_report, name):
+    run, reference = sharded_report["runs"][name], sharded_report["runs"]["one_device"]
+    assert run["step"] == reference["step"] == NUM_STEPS
+    assert run["batch_shards"] == 8 and reference["batch_shards"] == 1
+    assert run["metric_names"] == reference["metric_names"]
+    assert run["metrics_finite"]
+    # Every loss of every step, tightly (float32 reductions in another order).
+    assert run["metrics_rel_diff"] < 1e-5, run["metrics_rel_diff"]
+    # Gradients, through Adam's moments, relative to each network's largest moment.
+    for which in ("mu", "nu"):
+        for network, diff in run[f"{which}_rel_diff"].items():
+            assert diff < 1e-4, (which, network, diff)
+    # Parameters: Adam turns float noise in a zero true gradient into a step of ~lr
+    # (ENV_NOTES.md), so allow a tenth of one step at the peak lr (2e-4) per element.
+    for network, diff in run["params_diff"].items():
+        assert diff < 2e-5, (network, diff)
+
+
+def test_fsdp_shards_the_parameters(sharded_report):
+    fsdp, data = sharded_report["runs"]["data4_fsdp2"], sharded_report["runs"]["data8"]
+    assert fsdp["sharded_leaves"] > 0 and data["sharded_leaves"] == 0
+    assert fsdp["created_diff"] < 1e-6  # created sharded == created on one device
+
+
+def test_training_moves_every_network(sharded_report):
+    moved = sharded_report["runs"]["one_device"]["params_moved"]
+    assert set(moved) == set(state_lib.NETWORKS)
+    for network, change in moved.items():
+        assert change > 1e-6, network
+
+
+def test_batch_size_must_divide_the_mesh(sharded_report):
+    errors = sharded_report["errors"]
+    assert errors["batch_16_on_8"] is None
+    assert "global_batch_size (12) must be divisible by the 8 devices" in errors["batch_12_on_8"]
+
+
+def test_impossible_meshes_raise(sharded_report):
+    errors = sharded_report["errors"]
+    for case in ("mesh_3x2", "mesh_all_x3", "mesh_16x1", "mesh_fsdp0"):
+        assert errors[case] is not None and "must use all 8 devices" in errors[case], case
+    assert sharded_report["good_mesh_2x4"] == {"data": 2, "fsdp": 4}
+
+
+def test_make_mesh_rejects_impossible_shapes_here():
+    """The same checks on this process's devices (one CPU unless XLA_FLAGS says more)."""
+    count = len(jax.devices())
+    for data, fsdp in ((count + 1, 1), (-1, count + 1), (-1, 0), (0, 1)):
+        with pytest.raises(ValueError, match=f"must use all {count} devices"):
+            sharding.make_mesh(_mesh_config(data, fsdp))
+
+
+if __name__ == "__main__":
+    print("RESULT " + json.dumps(_sharded_worker()))
