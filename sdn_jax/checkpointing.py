@@ -18,6 +18,7 @@ latest, and restoring it raises), so `restore_latest` walks the steps from the n
 import dataclasses
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -91,6 +92,10 @@ class Checkpointer:
     """
 
     def __init__(self, directory: epath.PathLike, *, max_to_keep: int | None = 3, async_save=True):
+        # Orbax's OCDBT writer rejects relative paths (and only when a save runs, in the
+        # background): `--workdir runs/default` must work, so resolve local paths here.
+        if "://" not in str(directory):
+            directory = os.path.abspath(directory)
         self.directory = epath.Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         options = ocp.CheckpointManagerOptions(

@@ -102,7 +102,8 @@ class Trainer:
     """Everything one run needs; `train()` then `evaluate()`."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        self.config, self.workdir = config, workdir
+        self.config, self.workdir = config, os.path.abspath(workdir)
+        workdir = self.workdir
         os.makedirs(workdir, exist_ok=True)
         write_config(config, workdir)
         self.mesh = sharding.make_mesh(config.mesh)

@@ -317,3 +317,16 @@ def test_two_processes_keep_their_own_data_states(tmp_path):
             raise
     for pid, (proc, out) in enumerate(zip(procs, outputs)):
         assert proc.returncode == 0 and f"OK {pid}" in out, out[-3000:]
+
+
+def test_a_relative_directory_works(tmp_path, monkeypatch):
+    """`--workdir runs/default` is relative; Orbax alone fails such a save in the background."""
+    monkeypatch.chdir(tmp_path)
+    state = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.int32(3)}
+    with checkpointing.Checkpointer("runs/default/checkpoints") as checkpointer:
+        assert checkpointer.save(3, state, {"next_index": 5})
+        checkpointer.wait_until_finished()
+        restored = checkpointer.restore_latest(jax.eval_shape(lambda: state))
+    assert restored.step == 3 and restored.data_state == {"next_index": 5}
+    np.testing.assert_array_equal(restored.state["w"], state["w"])
+    assert (tmp_path / "runs" / "default" / "checkpoints" / "3").is_dir()

@@ -5,40 +5,39 @@ Compiles are slow on CPU, so one jitted function computes every network's output
 serves all tests: it compiles once for a batch of 8 and once for a batch of 1.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_model import NUM_IDENTITIES, fast_jit, tiny_setup
 
-from configs import tiny
+from configs import tiny as tiny_config
 from sdn_jax import keys
 from sdn_jax import state as state_lib
 from sdn_jax.models.decoder import _INPUT_SQUASH, Decoder
 from sdn_jax.models.encoder import Latent
 
-NUM_IDENTITIES = 12
 BATCH = 8
-# LLVM's optimisations dominate CPU compile time (init: ~35 s -> ~6 s) and do not change
-# what these tests check.
-fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 @pytest.fixture(scope="module")
-def config():
-    return tiny.get_config()
+def tiny():
+    return tiny_setup()
 
 
 @pytest.fixture(scope="module")
-def networks(config):
-    return state_lib.build_networks(config, NUM_IDENTITIES)
+def config(tiny):
+    return tiny[0]
 
 
 @pytest.fixture(scope="module")
-def params(networks, config):
-    init = fast_jit(lambda rng: state_lib.init_params(rng, networks, config))
-    return init(jax.random.key(0))
+def networks(tiny):
+    return tiny[1]
+
+
+@pytest.fixture(scope="module")
+def params(tiny):
+    return tiny[2]
 
 
 def perturb(tree, seed, scale=0.05):
@@ -196,7 +195,7 @@ def test_classifier_embedding_has_unit_norm_and_cosine_logits(batch_outputs):
 
 def test_use_skips_length_mismatch_is_a_clear_error():
     for flags in ((True,), (True, True, True)):
-        bad = tiny.get_config()
+        bad = tiny_config.get_config()
         bad.model.use_skips = flags
         with pytest.raises(ValueError, match=r"use_skips needs one flag per level.*got"):
             state_lib.build_networks(bad, NUM_IDENTITIES)

@@ -6,7 +6,6 @@ tests here check. Compiles are slow on CPU, so it compiles each train step once 
 every sharding test reads the same run.
 """
 
-import functools
 import json
 import os
 import subprocess
@@ -18,31 +17,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_model import NUM_IDENTITIES, fast_jit, tiny_setup
 
-from configs import tiny
+from configs import tiny as tiny_config
 from sdn_jax import keys, sharding, steps
 from sdn_jax import state as state_lib
 
 ROOT = Path(__file__).resolve().parents[1]
-NUM_IDENTITIES = 12
-# LLVM's optimisations dominate CPU compile time (a train step: ~45 s -> ~20 s) and do
-# not change what these tests check (the SPMD partitioning happens before them).
-fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 @pytest.fixture(scope="module")
-def config():
-    return tiny.get_config()
+def tiny():
+    return tiny_setup()
 
 
 @pytest.fixture(scope="module")
-def networks(config):
-    return state_lib.build_networks(config, NUM_IDENTITIES)
+def config(tiny):
+    return tiny[0]
 
 
 @pytest.fixture(scope="module")
-def params(networks, config):
-    return fast_jit(lambda rng: state_lib.init_params(rng, networks, config))(jax.random.key(0))
+def networks(tiny):
+    return tiny[1]
+
+
+@pytest.fixture(scope="module")
+def params(tiny):
+    return tiny[2]
 
 
 # ------------------------------------------------------------------------- sample_keys
@@ -198,7 +199,7 @@ def _sharded_worker() -> dict:
     """Runs NUM_STEPS train steps on each mesh from the same state and batches."""
     devices = jax.devices()
     assert len(devices) == 8, devices
-    config = tiny.get_config()
+    config = tiny_config.get_config()
     networks = state_lib.build_networks(config, NUM_IDENTITIES)
     optimizers = state_lib.build_optimizers(config)
     init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
@@ -280,7 +281,7 @@ def _sharded_worker() -> dict:
                 entry[f"{which}_rel_diff"][n] = max(map(_max_abs, ref, got)) / scale
         report["runs"][name] = entry
 
-    mesh8 = sharding.make_mesh(tiny.get_config().mesh, devices)
+    mesh8 = sharding.make_mesh(tiny_config.get_config().mesh, devices)
     bad_mesh = lambda data, fsdp: lambda: sharding.make_mesh(_mesh_config(data, fsdp), devices)
     report["errors"] = dict(
         batch_12_on_8=_error(lambda: sharding.check_batch_size(12, mesh8)),
@@ -295,7 +296,7 @@ def _sharded_worker() -> dict:
 
 
 def _mesh_config(data, fsdp):
-    config = tiny.get_config().mesh
+    config = tiny_config.get_config().mesh
     config.data, config.fsdp = data, fsdp
     return config
 
