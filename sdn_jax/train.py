@@ -170,6 +170,7 @@ class Trainer:
         sample_key = heldout.evaluation_keys(len(samples["image"]), config)
         log.info("Training steps %d -> %d", start, t.num_steps)
         last_time, last_step, compiled_at = time.perf_counter(), start, None
+        start_time = last_time
         with _StopSignal() as stop:
             for step in range(start + 1, t.num_steps + 1):
                 batch = sharding.global_batch(
@@ -188,7 +189,10 @@ class Trainer:
                     scalars = jax.device_get(metrics)
                     self._check_finite(step, scalars)
                     now = time.perf_counter()
-                    rate = (step - last_step) / max(now - last_time, 1e-9)
+                    if step > last_step:
+                        rate = (step - last_step) / max(now - last_time, 1e-9)
+                    else:  # The first step is a log step: only its own time is known.
+                        rate = 1.0 / max(compiled_at - start_time, 1e-9)
                     last_time, last_step = now, step
                     scalars["perf/steps_per_s"] = rate
                     scalars["perf/images_per_s"] = rate * t.global_batch_size
