@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_model import NUM_IDENTITIES, fast_jit, tiny_setup
+from tiny_model import NUM_IDENTITIES, fast_jit
 
 from configs import tiny as tiny_config
 from sdn_jax import keys
@@ -18,26 +18,6 @@ from sdn_jax.models.decoder import _INPUT_SQUASH, Decoder
 from sdn_jax.models.encoder import Latent
 
 BATCH = 8
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_setup()
-
-
-@pytest.fixture(scope="module")
-def config(tiny):
-    return tiny[0]
-
-
-@pytest.fixture(scope="module")
-def networks(tiny):
-    return tiny[1]
-
-
-@pytest.fixture(scope="module")
-def params(tiny):
-    return tiny[2]
 
 
 def perturb(tree, seed, scale=0.05):

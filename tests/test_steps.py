@@ -17,33 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_model import NUM_IDENTITIES, fast_jit, tiny_setup
+from tiny_model import NUM_IDENTITIES, fast_jit
 
 from configs import tiny as tiny_config
 from sdn_jax import keys, sharding, steps
 from sdn_jax import state as state_lib
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_setup()
-
-
-@pytest.fixture(scope="module")
-def config(tiny):
-    return tiny[0]
-
-
-@pytest.fixture(scope="module")
-def networks(tiny):
-    return tiny[1]
-
-
-@pytest.fixture(scope="module")
-def params(tiny):
-    return tiny[2]
 
 
 # ------------------------------------------------------------------------- sample_keys

@@ -20,171 +20,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from sdn_jax.data.canvas import Canvas, ellipse, f32, planar, triangle_wave
+
 _WHITE = np.array([0.97, 0.97, 0.95], np.float32)
 _TEETH = np.array([0.95, 0.95, 0.9], np.float32)
 _MOUTH_INSIDE = np.array([0.25, 0.05, 0.06], np.float32)
 _BLUSH = np.array([0.92, 0.35, 0.38], np.float32)
 _GOLD = np.array([0.95, 0.8, 0.3], np.float32)
-
-
-def _f32(x):
-    """Per-image values as float32; pixel arrays end in the batch axis, so they broadcast."""
-    return np.asarray(x, np.float32)
-
-
-def _planar(colors: np.ndarray) -> np.ndarray:
-    """(N, 3) colours as a C-ordered (3, 1, 1, N) array.
-
-    A transposed view would work too, but numpy keeps its odd strides in every result
-    computed from it, and then every pixel operation runs several times slower.
-    """
-    return np.ascontiguousarray(colors.T)[:, None, None, :]
-
-
-class Canvas:
-    """A batch of images plus the face coordinates (u, v) of every pixel.
-
-    Image coordinates X, Y span [-1, 1]; the face is drawn in its own frame,
-    (X, Y) = t + s * R(angle) (u, v), so pose is one transform for all shapes.
-    """
-
-    def __init__(self, size: int, angle, scale, tx, ty):
-        self.size = size
-        self.pose = tuple(_f32(x) for x in (angle, scale, tx, ty))
-        angle, scale, tx, ty = self.pose
-        grid = ((np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1).astype(np.float32)
-        self.y_img, self.x_img = grid[:, None, None], grid[None, :, None]
-        self.inv_px = _f32(size * scale / 2)
-        cos, sin = _f32(np.cos(angle)), _f32(np.sin(angle))
-        dx, dy = self.x_img - tx, self.y_img - ty
-        self.u = (cos * dx + sin * dy) / scale
-        self.v = (cos * dy - sin * dx) / scale
-        self.image = np.empty((3, size, size, len(angle)), np.float32)
-        self.index = None  # Which images of the batch this canvas draws on (None: all).
-        self.mask = None  # Or: draw on all, but only where this (N,) 0/1 mask is 1.
-
-    def subset(self, index: np.ndarray) -> "Canvas":
-        """A canvas drawing on the images `index` of this one (shares its pixels).
-
-        Only the boxes that layers touch are gathered and written back, which is
-        much cheaper than gathering whole images along the batch axis.
-        """
-        sub = object.__new__(Canvas)
-        sub.__dict__.update(self.__dict__)
-        sub.pose = tuple(x[index] for x in self.pose)
-        sub.inv_px = self.inv_px[index]
-        sub.index = index
-        return sub
-
-    def masked(self, selected: np.ndarray) -> "Canvas":
-        """A canvas drawing on the whole batch but changing only the `selected` images.
-
-        For layers most images have: gathering a subset would cost more than it saves.
-        """
-        sub = object.__new__(Canvas)
-        sub.__dict__.update(self.__dict__)
-        sub.mask = selected.astype(np.float32)
-        return sub
-
-    def region(self, cx, cy, half_w, half_h, soft=1.0):
-        """Slices covering the face-frame boxes (per image) of the whole batch.
-
-        A shape of edge softness `soft` reaches soft / 2 pixels past its outline,
-        so the margin (in pixels) grows with it.
-        """
-        angle, scale, tx, ty = self.pose
-        cos, sin = np.cos(angle), np.sin(angle)
-        margin = (2.0 + soft) * 2.0 / self.size
-        ext_x = scale * (np.abs(cos) * half_w + np.abs(sin) * half_h) + margin
-        ext_y = scale * (np.abs(sin) * half_w + np.abs(cos) * half_h) + margin
-        center_x = tx + scale * (cos * cx - sin * cy)
-        center_y = ty + scale * (sin * cx + cos * cy)
-
-        def pixel_range(lo, hi):
-            first = np.floor((np.min(lo) + 1) / 2 * self.size)
-            last = np.ceil((np.max(hi) + 1) / 2 * self.size)
-            return slice(int(np.clip(first, 0, self.size)), int(np.clip(last, 0, self.size)))
-
-        rows = pixel_range(center_y - ext_y, center_y + ext_y)
-        cols = pixel_range(center_x - ext_x, center_x + ext_x)
-        return rows, cols
-
-    def uv(self, where):
-        """Face coordinates of the pixels in a region."""
-        u, v = self.u[where], self.v[where]
-        if self.index is not None:
-            # np.take keeps the batch axis last; u[..., index] would move it first.
-            u, v = np.take(u, self.index, axis=-1), np.take(v, self.index, axis=-1)
-        return u, v
-
-    def cover(self, dist, soft=1.0):
-        """Anti-aliased coverage of a shape from its signed distance."""
-        coverage = dist * -(self.inv_px / np.float32(soft))
-        coverage += 0.5
-        return np.clip(coverage, 0.0, 1.0, out=coverage)
-
-    def paint(self, where, coverage, color, opacity=1.0):
-        """Composites `color` ((3,), (N, 3) or per pixel (3, h, w, N)) over the region."""
-        alpha = coverage if opacity == 1.0 else coverage * np.float32(opacity)
-        if self.mask is not None:
-            alpha = alpha * self.mask
-        if color.ndim == 1:
-            color = color[:, None, None, None]
-        elif color.ndim == 2:
-            color = _planar(color)
-        view = self.image[:, where[0], where[1]]
-        target = view if self.index is None else np.take(view, self.index, axis=-1)
-        change = color - target
-        change *= alpha
-        target += change
-        if self.index is not None:
-            view[..., self.index] = target
-
-
-def ellipse(u, v, cx, cy, a, b, elongated=False):
-    """Signed distance to an axis-aligned ellipse (negative inside), in face units.
-
-    Round shapes use (k - 1) * min(a, b) with k the normalised radius; `elongated`
-    ones the first-order estimate (k - 1) / |grad k|, exact on the boundary, so their
-    long ends do not blur over several pixels. Written with in-place operations:
-    fresh multi-megabyte temporaries cost page faults that outweigh the arithmetic.
-    """
-    a, b = _f32(a), _f32(b)
-    inv_a, inv_b = 1.0 / a, 1.0 / b
-    du = u - _f32(cx)
-    du *= inv_a
-    dv = v - _f32(cy)
-    dv *= inv_b
-    if elongated:
-        grad = du * inv_a
-        grad *= grad
-        grad_v = dv * inv_b
-        grad_v *= grad_v
-        grad += grad_v
-        del grad_v
-        np.sqrt(grad, out=grad)
-        grad += 1e-6
-    du *= du
-    dv *= dv
-    du += dv
-    del dv
-    k = np.sqrt(du, out=du)
-    if not elongated:
-        k -= 1.0
-        k *= np.minimum(a, b)
-        return k
-    dist = k - 1.0
-    dist *= k
-    dist /= grad
-    return dist
-
-
-def _tri(z):
-    """Triangle wave in [0, 1] with period 1, in place (exact arithmetic, unlike sin)."""
-    z -= np.floor(z)
-    z *= 2.0
-    z -= 1.0
-    return np.abs(z, out=z)
 
 
 def _mouth_geometry(t, p):
@@ -194,20 +36,20 @@ def _mouth_geometry(t, p):
     # Smiling lifts the corners by ~0.9 half-widths' worth of curvature.
     bend = np.where(p["smiling"], 0.9, -0.05) / half
     open_h = np.where(p["mouth_open"], 0.03, 0.0)
-    return _f32(my), _f32(half), _f32(bend), _f32(open_h)
+    return f32(my), f32(half), f32(bend), f32(open_h)
 
 
 def _eye_geometry(t, p):
     eye_y = t["face_cy"] + t["eye_y"]
     eye_b = t["eye_b"] * np.where(p["smiling"], 0.82, 1.0)
-    return _f32(eye_y), _f32(eye_b)
+    return f32(eye_y), f32(eye_b)
 
 
 def background(c, t, p):
     """Two colours blended along a random direction."""
     ramp = 0.5 + p["bg_strength"] * (p["bg_dir"][:, 0] * c.x_img + p["bg_dir"][:, 1] * c.y_img)
     ramp = np.clip(ramp, 0.0, 1.0)
-    bg0, bg1 = _planar(p["bg0"]), _planar(p["bg1"])
+    bg0, bg1 = planar(p["bg0"]), planar(p["bg1"])
     np.multiply(bg1 - bg0, ramp, out=c.image)
     c.image += bg0
 
@@ -260,7 +102,7 @@ def face(c, t, p):
     c.paint(w, coverage, t["skin"])
 
 
-def stubble(c, t, p):
+def beard_shadow(c, t, p):
     """5 o'clock shadow: the face below the mouth darkened with the hair colour."""
     w, coverage = _face_region_and_coverage(c, t)
     lower = np.clip((c.uv(w)[1] - (t["face_cy"] + t["mouth_y"] - 0.12)) * 10.0, 0.0, 1.0)
@@ -395,7 +237,7 @@ def hair(c, t, p):
     line *= 0.5
     line += cy - fh * 0.62 + t["hairline"]
     if p["bangs"].any():
-        fringe = _tri(u * 9.0)
+        fringe = triangle_wave(u * 9.0)
         fringe *= -0.03
         fringe += eye_y - t["brow_h"] - 0.05
         np.copyto(line, fringe, where=p["bangs"])
@@ -405,23 +247,23 @@ def hair(c, t, p):
     sides -= 0.82
     sides *= 6.0
     np.clip(sides, 0.0, 1.0, out=sides)
-    sides *= _f32(np.where(t["receding"], 0.18, 0.45))
+    sides *= f32(np.where(t["receding"], 0.18, 0.45))
     line += sides
     del sides
     np.subtract(v, line, out=line)
     coverage *= c.cover(line)
     del line
     texture = u * 40.0  # Fine strands, or waves for wavy hair.
-    _tri(texture)
+    triangle_wave(texture)
     texture *= 0.35
     if t["wavy"].any():
         waves = u * t["wave_freq"]
         waves += 3.0 * v
-        np.copyto(texture, _tri(waves), where=t["wavy"])
+        np.copyto(texture, triangle_wave(waves), where=t["wavy"])
         del waves
     texture *= -0.18
     texture += 1.0
-    c.paint(w, coverage, _planar(t["hair_color"]) * texture)
+    c.paint(w, coverage, planar(t["hair_color"]) * texture)
 
 
 def hat(c, t, p):
@@ -460,7 +302,7 @@ LAYERS: tuple[tuple[Callable, Callable | None], ...] = (
     (neck_and_body, None),
     (ears, None),
     (face, None),
-    (stubble, lambda t, p: p["shadow"]),
+    (beard_shadow, lambda t, p: p["shadow"]),
     (rosy_cheeks, lambda t, p: p["rosy"]),
     (eye_bags, lambda t, p: t["bag_strength"] > 0),
     (eyes, None),

@@ -302,7 +302,7 @@ def _apply_overrides(photo: dict, traits: dict, overrides: dict, n: int) -> None
                 f"Cannot override {name!r}; choose per-photo attributes "
                 f"{sorted(PHOTO_ATTRIBUTES)} or pose keys {list(POSE_KEYS)}"
             )
-    # What a photo cannot show (a beard and stubble together, bangs on a bald head) is
+    # What a photo cannot show (a goatee and a 5 o'clock shadow together, bangs on a bald head) is
     # not drawn, so it is not labelled either.
     photo["shadow"] &= ~photo["goatee"]
     photo["bangs"] &= ~traits["bald"]

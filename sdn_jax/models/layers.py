@@ -2,8 +2,8 @@
 
 No BatchNorm anywhere: batch statistics would make an image's output depend on the
 rest of its batch and on how the batch is sharded. GroupNorm normalises per example.
-Upsampling is nearest-neighbour resize + conv: XLA:CPU computes a ConvTranspose's
-kernel gradient ~50x slower than an equivalent convolution.
+Upsampling is nearest-neighbour resize + conv: XLA:CPU computes a transposed
+convolution's kernel gradient ~50x slower than an equivalent convolution.
 """
 
 import flax.linen as nn
