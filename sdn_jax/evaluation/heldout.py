@@ -83,7 +83,7 @@ def _identification_rate(embeddings, identities, gallery_index, probe_index):
     return rates
 
 
-def evaluate_heldout(params, networks, batches, config, log=print) -> dict:
+def evaluate_heldout(params, networks, batches, config) -> dict:
     """Summary figures over `batches` (dicts with image, identity, mask) of a held-out split."""
     outputs_fn = jax.jit(make_outputs_fn(networks))
     classify = jax.jit(lambda p, x: apply(networks["classifier"], p, x))
