@@ -1,0 +1,278 @@
+"""A trained run's encoder and decoder, loaded for anonymizing and recovering images.
+
+    model = inference.load("runs/default")        # or load(checkpoint="runs/default/checkpoints")
+    key = inference.make_key(passphrase, {"Smiling": True, ...}, model.config)
+    anonymized = model.anonymize(images, key)     # (N, S, S, 3) float in [-1, 1]
+    original = model.recover(anonymized, key)
+
+Only E's and G's parameters are read from the checkpoint (an Orbax partial restore), so
+neither the training data (the classifier's head size depends on it) nor the optimiser
+states are needed. Nothing is renamed or written in the run's folder: an unusable
+checkpoint is an error, never a silent fall-back to an older step, because recovery only
+works with the very weights that anonymized.
+
+Secrecy: the key goes into the compiled function as an argument, never as a constant, so
+it is not part of any compiled program or compilation cache; a Key's repr hides it.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from sdn_jax import keys
+from sdn_jax import state as state_lib
+from sdn_jax.checkpointing import STATE
+
+DEFAULT_BATCH_SIZE = 16
+CONFIG_FILE = "config.json"
+# build_networks needs the classifier's number of identities, which only the training data
+# knows; its value does not matter here, as no classifier parameters are built or read.
+_ANY_NUM_IDENTITIES = 1
+
+
+class LoadError(Exception):
+    """A run or checkpoint cannot be loaded; the message names the path and the reason."""
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Key:
+    """The decoder's key: password (K,) and attribute choices (A,), each {-0.5, +0.5}."""
+
+    password: np.ndarray
+    attributes: np.ndarray
+
+    def __repr__(self) -> str:
+        return "Key(<secret>)"
+
+
+def make_key(passphrase: str, choices: Mapping[str, bool], config) -> Key:
+    """The Key of a passphrase (scrypt, keys.password_bits) and {attribute: bool}."""
+    bits = keys.password_bits(passphrase, config.model.password_bits)
+    attributes = keys.attributes_to_vector(choices, config.model.key_attributes)
+    return Key(password=keys.bits_to_vector(bits), attributes=attributes)
+
+
+def generate(networks: dict, params: dict, images: jax.Array, condition: jax.Array) -> jax.Array:
+    """G(E(images), condition, images): one anonymizing or recovering pass of SDN."""
+    latent = state_lib.apply(networks["encoder"], params["encoder"], images)
+    return state_lib.apply(networks["decoder"], params["decoder"], latent, condition, images)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _transform(encoder, decoder, params, images, direction, password, attributes):
+    """One fixed-size batch; the modules are static (equal configs share one compile)."""
+    batch = images.shape[0]
+    condition = keys.condition_vector(
+        direction,
+        jnp.broadcast_to(password, (batch, password.shape[-1])),
+        jnp.broadcast_to(attributes, (batch, attributes.shape[-1])),
+    )
+    return generate({"encoder": encoder, "decoder": decoder}, params, images, condition)
+
+
+class Model:
+    """E and G of one run with a fixed batch size (inputs are padded, so any number of
+    images runs the same compiled program)."""
+
+    def __init__(self, config, params: dict, *, step: int | None, source: str, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.config, self.step, self.source, self.batch_size = config, step, source, batch_size
+        self.networks = state_lib.build_networks(config, _ANY_NUM_IDENTITIES)
+        self.params = {"encoder": params["encoder"], "decoder": params["decoder"]}
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config.data.image_size)
+
+    @property
+    def key_attributes(self) -> tuple[str, ...]:
+        return tuple(self.config.model.key_attributes)
+
+    def anonymize(self, images, key: Key) -> np.ndarray:
+        """Anonymized faces of `images` ((N, S, S, 3) in [-1, 1]) under `key`."""
+        return self._run(images, key, keys.ANONYMIZE)
+
+    def recover(self, images, key: Key) -> np.ndarray:
+        """The originals of anonymized `images` under the key that anonymized them."""
+        return self._run(images, key, keys.RECOVER)
+
+    def _run(self, images, key: Key, direction: float) -> np.ndarray:
+        images = np.asarray(images, np.float32)
+        size = self.image_size
+        if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise ValueError(f"images must be (N, {size}, {size}, 3), got {images.shape}")
+        if images.size and not (images.min() >= -1.0 and images.max() <= 1.0):
+            raise ValueError("images must be in [-1, 1]")
+        if key.password.shape != (self.config.model.password_bits,) or key.attributes.shape != (
+            len(self.key_attributes),
+        ):
+            raise ValueError("the key was made for another model configuration")
+        outputs = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            padded = np.zeros((self.batch_size, size, size, 3), np.float32)
+            padded[: len(chunk)] = chunk
+            out = _transform(
+                self.networks["encoder"],
+                self.networks["decoder"],
+                self.params,
+                padded,
+                np.float32(direction),
+                key.password,
+                key.attributes,
+            )
+            outputs.append(np.asarray(out)[: len(chunk)])
+        if not outputs:
+            return np.zeros((0, size, size, 3), np.float32)
+        return np.concatenate(outputs)
+
+
+def read_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """A run's config.json (as train.py writes it), locked."""
+    path = Path(path)
+    try:
+        config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise LoadError(f"{path} is missing: is this the folder of a training run?") from None
+    except (OSError, ValueError) as error:  # ValueError: not JSON or not a dict of fields
+        raise LoadError(f"{path} cannot be read as a run's config: {error}") from None
+    for field in ("data.image_size", "model.password_bits", "model.key_attributes"):
+        node = config
+        for part in field.split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                raise LoadError(f"{path} has no {field}: not the config of an SDN run")
+            node = node[part]
+    config.lock()
+    return config
+
+
+def checkpoint_steps(directory: str | os.PathLike) -> list[int]:
+    """Finished checkpoint steps in a `checkpoints/` folder, oldest first (Orbax renames a
+    step folder to its number once written; `.invalid` and temporary folders are skipped)."""
+    directory = Path(directory)
+    try:
+        return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+    except OSError as error:
+        raise LoadError(f"cannot list checkpoints in {directory}: {error}") from None
+
+
+def find_checkpoint(
+    workdir: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    step: int | None = None,
+) -> tuple[Path, Path]:
+    """(config.json, checkpoint step folder) of `--workdir RUN` or `--checkpoint DIR`.
+
+    RUN is a training workdir: its config.json and the newest (or `step`) folder of
+    RUN/checkpoints. DIR is one step folder (RUN/checkpoints/<step>) or a checkpoints folder
+    (its newest step, or `step`); its config.json is the first of DIR/config.json,
+    DIR/../config.json and DIR/../../config.json, so a copied step folder can carry its own.
+    """
+    if (workdir is None) == (checkpoint is None):
+        raise ValueError("give exactly one of workdir and checkpoint")
+    if workdir is not None:
+        workdir = Path(workdir).absolute()
+        if not workdir.is_dir():
+            raise LoadError(f"run folder {workdir} does not exist")
+        config_path, folder = workdir / CONFIG_FILE, workdir / "checkpoints"
+        if not folder.is_dir():
+            raise LoadError(f"{folder} does not exist: {workdir} has no checkpoints (trained?)")
+    else:
+        folder = Path(checkpoint).absolute()
+        if not folder.is_dir():
+            raise LoadError(f"checkpoint folder {folder} does not exist")
+        candidates = [folder / CONFIG_FILE, folder.parent / CONFIG_FILE]
+        candidates.append(folder.parent.parent / CONFIG_FILE)
+        config_path = next((c for c in candidates if c.is_file()), candidates[0])
+        if (folder / STATE).is_dir():  # One step folder.
+            if step is not None and folder.name != str(step):
+                raise LoadError(f"{folder} is checkpoint step {folder.name}, not step {step}")
+            return config_path, folder
+    steps = checkpoint_steps(folder)
+    if not steps:
+        raise LoadError(f"no checkpoint in {folder}")
+    if step is None:
+        return config_path, folder / str(steps[-1])
+    if step not in steps:
+        raise LoadError(f"no checkpoint step {step} in {folder}; it has steps {steps}")
+    return config_path, folder / str(step)
+
+
+def restore_generator(config, step_dir: str | os.PathLike) -> tuple[dict, int]:
+    """(E and G params, the saved step) from one checkpoint step folder, on one device."""
+    networks = state_lib.build_networks(config, _ANY_NUM_IDENTITIES)
+    abstract = jax.eval_shape(lambda: state_lib.init_params(jax.random.key(0), networks, config))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {
+        "params": {name: abstract[name] for name in ("encoder", "decoder")},
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+    }
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), target)
+    path = Path(step_dir).absolute() / STATE
+    if not path.is_dir():
+        raise LoadError(f"{path} is missing: not a complete checkpoint step folder")
+    args = ocp.args.PyTreeRestore(
+        item=target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
+    )
+    try:
+        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+            restored = checkpointer.restore(path, args=args)
+    except Exception as error:  # Orbax/tensorstore raise many types for a broken folder.
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise LoadError(
+            f"checkpoint {path} cannot be restored (truncated or damaged, or written by a run "
+            f"with another model config): {type(error).__name__}: {first}"
+        ) from None
+    _check_shapes(restored["params"], target["params"], path)
+    return restored["params"], int(restored["step"])
+
+
+def _check_shapes(restored, target, path) -> None:
+    """Orbax may hand back arrays of the saved shapes; they must be the config's."""
+    for (where, got), want in zip(
+        jax.tree_util.tree_leaves_with_path(restored), jax.tree.leaves(target)
+    ):
+        if got.shape != want.shape:
+            raise LoadError(
+                f"checkpoint {path} does not match its config: {jax.tree_util.keystr(where)} "
+                f"is {got.shape} in the checkpoint, {want.shape} in the config"
+            )
+
+
+def load(
+    workdir: str | os.PathLike | None = None,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    step: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Model:
+    """The Model of a trained run (see find_checkpoint for what workdir/checkpoint mean)."""
+    config_path, step_dir = find_checkpoint(workdir, checkpoint, step)
+    config = read_config(config_path)
+    params, saved_step = restore_generator(config, step_dir)
+    source = str(Path(workdir if workdir is not None else checkpoint).absolute())
+    return Model(config, params, step=saved_step, source=source, batch_size=batch_size)
+
+
+def initialised(config, *, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE) -> Model:
+    """A Model with freshly initialised weights (for speed measurements: the weights do
+    not change the work)."""
+    networks = state_lib.build_networks(config, _ANY_NUM_IDENTITIES)
+    init = jax.jit(  # Runs once: LLVM's optimisations would only add compile time.
+        lambda rng: state_lib.init_params(rng, networks, config),
+        compiler_options={"xla_backend_optimization_level": 0},
+    )
+    params = init(jax.random.key(seed))
+    return Model(config, params, step=None, source="initialised", batch_size=batch_size)
