@@ -1,0 +1,232 @@
+"""Image files in and out for the anonymize / deanonymize commands (Pillow does the work).
+
+Reading: PNG, JPEG, WebP, BMP and TIFF; the EXIF orientation is applied; grayscale,
+palette, CMYK and 16-bit images become 8-bit RGB (16-bit values are scaled, 65535 -> 255);
+transparency is composited on a white background. Then the picture is fitted to the
+model's square geometry: `crop` (default) takes the largest centred square and resizes it
+(Lanczos), `pad` resizes the whole picture to fit and fills the borders with the
+background. Pillow refuses pictures of more than `max_pixels` pixels before decoding them
+(a decompression bomb: a small file that would decode to gigabytes).
+
+Writing: lossless 8-bit RGB PNG without metadata (EXIF, GPS and the like are not
+copied), never over an existing file unless asked.
+
+A file that cannot be used raises ImageError with a one-line reason for people.
+"""
+
+import dataclasses
+import io
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+SUPPORTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF")  # MPO: phones' JPEGs
+# Files with these suffixes are taken from folders; a file named on the command line is
+# tried whatever its name.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".webp", ".bmp", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels: more than any phone camera's picture
+BACKGROUND = (255, 255, 255)  # under transparent pixels, and around `pad`ded pictures
+FITS = ("crop", "pad")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class ImageError(Exception):
+    """One input or output file cannot be used; str() is the reason, for people."""
+
+
+def read_image(
+    path: str | os.PathLike,
+    size: int,
+    fit: str | None = "crop",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """(size, size, 3) uint8 RGB of an image file, fitted as the module doc says.
+
+    fit=None takes the picture as it is and requires it to be size x size already (the
+    anonymized images that deanonymize reads: any resampling would break recovery).
+    """
+    if fit is not None and fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS} or None, got {fit!r}")
+    previous = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that: both refuse.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = max_pixels
+            with Image.open(path) as image:
+                if image.format not in SUPPORTED_FORMATS:
+                    raise ImageError(
+                        f"{image.format} images are not supported "
+                        f"(use {', '.join(f for f in SUPPORTED_FORMATS if f != 'MPO')})"
+                    )
+                image = ImageOps.exif_transpose(image)  # Decodes the pixels.
+                image.load()
+                rgb = to_rgb(image)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(
+            f"refused: more than {max_pixels:,} pixels, a possible decompression bomb "
+            "(--max-pixels raises the limit)"
+        ) from None
+    except Exception as error:  # Pillow raises many types on malformed files.
+        raise ImageError(_describe_read_error(path, error)) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    if fit is None:
+        if rgb.size != (size, size):
+            width, height = rgb.size
+            raise ImageError(
+                f"is {width}x{height}, but this model's images are {size}x{size}: not an "
+                "image this model anonymized (or it was resized since)"
+            )
+        return np.asarray(rgb)
+    return np.asarray(fit_image(rgb, size, fit))
+
+
+def _describe_read_error(path, error: Exception) -> str:
+    if os.path.isdir(path):
+        return "is a folder, not an image file"
+    if isinstance(error, FileNotFoundError):
+        return "no such file (or a broken link)"
+    if isinstance(error, PermissionError):
+        return "cannot read: permission denied"
+    if isinstance(error, Image.UnidentifiedImageError):
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+        return "not an image, or in a format that cannot be read"
+    message = str(error).strip() or type(error).__name__
+    if "truncated" in message or isinstance(error, EOFError):
+        return f"truncated or damaged image ({message})"
+    return f"cannot decode ({type(error).__name__}: {message})"
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB; transparency composited on BACKGROUND, 16-bit values scaled."""
+    if image.mode == "F":
+        raise ImageError("floating-point images are not supported")
+    if image.mode in _SIXTEEN_BIT_MODES:
+        # Pillow's convert() clips 16-bit values at 255 instead of scaling them.
+        values = np.asarray(image).astype(np.float64) / 257.0
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    if "A" in image.mode or "a" in image.mode or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def fit_image(image: Image.Image, size: int, fit: str = "crop") -> Image.Image:
+    """`crop`: the largest centred square, resized; `pad`: the whole picture, bordered."""
+    method = Image.Resampling.LANCZOS
+    if fit == "crop":
+        return ImageOps.fit(image, (size, size), method=method, centering=(0.5, 0.5))
+    if fit == "pad":
+        return ImageOps.pad(image, (size, size), method=method, color=BACKGROUND)
+    raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+
+
+def write_png(path: str | os.PathLike, pixels: np.ndarray, overwrite: bool = False) -> None:
+    """Writes uint8 (H, W, 3) as a PNG; an existing file is an ImageError unless `overwrite`.
+
+    With `overwrite` the file is replaced in one rename, so an interrupted write never
+    leaves half a file in place of a good one.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, np.uint8), "RGB").save(buffer, format="PNG")
+    path = Path(path)
+    try:
+        if not overwrite:
+            with open(path, "xb") as f:
+                f.write(buffer.getvalue())
+            return
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_bytes(buffer.getvalue())
+        os.replace(partial, path)
+    except FileExistsError:
+        raise ImageError(f"{path} exists (--overwrite replaces it)") from None
+    except OSError as error:
+        raise ImageError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+@dataclasses.dataclass
+class Item:
+    """One input: a file to read, or a path that already failed (error set)."""
+
+    path: str
+    error: str | None = None
+    output: str | None = None  # the output file's name, once assigned
+
+
+def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Item], list[str]]:
+    """(inputs, notes) for command-line paths: files as given, folders' image files.
+
+    A folder contributes the files directly inside it (not subfolders) whose names end in
+    IMAGE_SUFFIXES, hidden ones excepted, sorted by name. A path that does not exist or a
+    folder that cannot be listed becomes an Item with an error. A file reached twice is
+    used once. `notes` says what was skipped in folders, for stderr.
+    """
+    items, notes, seen = [], [], set()
+
+    def add(path: str, error: str | None = None) -> None:
+        real = os.path.realpath(path)
+        if error is None and real in seen:
+            return
+        seen.add(real)
+        items.append(Item(path=path, error=error))
+
+    for raw in paths:
+        path = os.fspath(raw)
+        if not os.path.isdir(path):
+            add(path, None if os.path.lexists(path) else "no such file or folder")
+            continue
+        try:
+            with os.scandir(path) as entries:
+                entries = sorted(entries, key=lambda e: e.name)
+        except OSError as error:
+            add(path, f"cannot list folder: {error.strerror or error}")
+            continue
+        skipped = 0
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir() or not entry.name.lower().endswith(IMAGE_SUFFIXES):
+                skipped += 1
+                continue
+            add(os.path.join(path, entry.name))
+        if skipped:
+            notes.append(f"{path}: skipped {skipped} subfolder(s) or non-image file(s)")
+    return items, notes
+
+
+def assign_outputs(items: Sequence[Item], output_dir: str | os.PathLike) -> None:
+    """Gives each readable input an output name `<stem>.png`, unique in this run.
+
+    A second input with the same stem (a.jpg and a.png, or two folders' a.png) gets
+    `<stem>-2.png`, and so on; names compare case-insensitively (as macOS and Windows do)
+    and never name an input file, so no input is overwritten and no output is lost.
+    """
+    inputs = {os.path.normcase(os.path.realpath(item.path)) for item in items}
+    used: set[str] = set()
+    for item in items:
+        if item.error is not None:
+            continue
+        stem = Path(item.path).stem or "image"
+        n = 1
+        while True:
+            name = f"{stem}.png" if n == 1 else f"{stem}-{n}.png"
+            target = os.path.normcase(os.path.realpath(os.path.join(output_dir, name)))
+            if name.casefold() not in used and target not in inputs:
+                break
+            n += 1
+        used.add(name.casefold())
+        item.output = name
+
+
+def to_unit_range(pixels: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 in [-1, 1], as the model sees images (and as training scaled them)."""
+    return np.asarray(pixels, np.float32) / 127.5 - 1.0
