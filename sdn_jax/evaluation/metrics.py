@@ -1,0 +1,208 @@
+"""Image and identity metrics for the evaluation report.
+
+Images are float NHWC in [0, 1]; every image metric returns one value per image.
+`psnr` and `ssim` reproduce scikit-image's `peak_signal_noise_ratio(data_range=1)` and
+`structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+data_range=1, channel_axis=-1)` (the tests hold them to 1e-4), so our figures compare
+with published ones. They are jitted JAX, so the evaluation can run them where the
+images already are.
+
+Identity metrics work on embeddings (rows, any scale: they are L2-normalised here).
+Verification follows face-recognition practice: a pair is "the same person" when its
+cosine similarity exceeds a threshold chosen so that a given fraction (the false-accept
+rate, FAR) of pairs of different people pass.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+
+# SSIM's Gaussian window as in Wang et al. 2004 and scikit-image: sigma 1.5, truncated at
+# 3.5 sigma, i.e. 11 taps.
+SSIM_SIGMA = 1.5
+SSIM_TRUNCATE = 3.5
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def _check_images(a, b) -> tuple[jax.Array, jax.Array]:
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"Expected two NHWC image batches of one shape, got {a.shape}, {b.shape}")
+    return a, b
+
+
+@jax.jit
+def _psnr(a, b):
+    mse = jnp.mean(jnp.square(a - b), axis=(1, 2, 3))
+    return 10.0 * jnp.log10(1.0 / mse)
+
+
+def psnr(a, b) -> jax.Array:
+    """Per-image PSNR in dB, data range 1 (inf for identical images, as scikit-image)."""
+    return _psnr(*_check_images(a, b))
+
+
+def _gaussian_taps(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) -> np.ndarray:
+    """scipy.ndimage's 1-D Gaussian kernel: radius int(truncate * sigma + 0.5), sum 1."""
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    taps = np.exp(-0.5 * (x / sigma) ** 2)
+    return (taps / taps.sum()).astype(np.float32)
+
+
+def _separable_filter(x: jax.Array, taps: np.ndarray) -> jax.Array:
+    """Gaussian blur of every channel, 'valid' region only.
+
+    scikit-image filters with reflected borders, then drops a border of the window's
+    radius before averaging; the values it keeps never touch the padding, so a valid
+    convolution gives exactly them. HIGHEST precision: accelerators would otherwise
+    convolve in bfloat16.
+    """
+    channels = x.shape[-1]
+    conv = functools.partial(
+        jax.lax.conv_general_dilated,
+        window_strides=(1, 1),
+        padding="VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=channels,
+        precision=jax.lax.Precision.HIGHEST,
+    )
+    k = len(taps)
+    kernel = jnp.tile(jnp.asarray(taps)[:, None, None, None], (1, 1, 1, channels))
+    x = conv(x, kernel)  # along H: kernel (k, 1)
+    return conv(x, kernel.reshape(1, k, 1, channels))  # along W
+
+
+@jax.jit
+def _ssim(a, b):
+    taps = _gaussian_taps()
+    # One filter call for the five local moments: means, second moments, cross moment.
+    moments = _separable_filter(jnp.concatenate([a, b, a * a, b * b, a * b], axis=-1), taps)
+    ux, uy, uxx, uyy, uxy = jnp.split(moments, 5, axis=-1)
+    vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy  # population covariances
+    c1, c2 = SSIM_K1**2, SSIM_K2**2  # (K * data_range)^2 with data_range 1
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    # scikit-image averages each channel's map, then the channels: all maps have one size.
+    return jnp.mean(s, axis=(1, 2, 3))
+
+
+def ssim(a, b) -> jax.Array:
+    """Per-image mean SSIM (Gaussian window 11, sigma 1.5, data range 1, channel mean)."""
+    a, b = _check_images(a, b)
+    window = len(_gaussian_taps())
+    if min(a.shape[1:3]) < window:
+        raise ValueError(f"SSIM needs images of at least {window}x{window}, got {a.shape[1:3]}")
+    return _ssim(a, b)
+
+
+def frechet_distance(features_a, features_b) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (rows are samples).
+
+    |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2)): FID's formula. It is FID
+    only on InceptionV3 pool features; on the attacker's embeddings we call it
+    `fd_attacker`.
+    """
+    a = np.asarray(features_a, np.float64)
+    b = np.asarray(features_b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"Expected (N, D) feature sets of one D, got {a.shape}, {b.shape}")
+    if min(len(a), len(b)) < 2:
+        raise ValueError("Each feature set needs at least 2 rows for a covariance")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
+    if not np.all(np.isfinite(covmean)):
+        # A singular product (fewer samples than dimensions): nudge both diagonals, as
+        # the reference FID code does.
+        offset = np.eye(a.shape[1]) * 1e-6
+        covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    covmean = np.real(covmean)  # Round-off leaves tiny imaginary parts.
+    diff = mu_a - mu_b
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
+
+
+def _unit(x) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def cosine_similarity(a, b) -> np.ndarray:
+    """Row-wise cosine similarity of two (N, D) embedding sets."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"Expected two (N, D) embedding sets of one shape: {a.shape}, {b.shape}")
+    return np.sum(_unit(a) * _unit(b), axis=-1)
+
+
+def identity_match_rate(probes, references, threshold: float) -> float:
+    """Share of probes that verify as their reference's person (cosine > threshold).
+
+    Row i of `probes` is compared with row i of `references` only (e.g. an anonymized
+    face against another photo of its original person).
+    """
+    return float(np.mean(cosine_similarity(probes, references) > threshold))
+
+
+def mean_identity_distance(a, b) -> float:
+    """Mean of 1 - cosine similarity between rows: 0 same direction, 2 opposite."""
+    return float(np.mean(1.0 - cosine_similarity(a, b)))
+
+
+def verification_pairs(
+    embeddings, identities, *, max_negative_pairs: int = 20_000_000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine scores of (same-person pairs, different-person pairs) within a set.
+
+    Every unordered pair of distinct rows counts once. When there are more than
+    `max_negative_pairs` different-person pairs (CelebA-sized sets), a seeded uniform
+    sample of that many stands in for them, so memory stays bounded.
+    """
+    e = _unit(embeddings).astype(np.float32)
+    ids = np.asarray(identities).reshape(-1)
+    if len(e) != len(ids):
+        raise ValueError(f"{len(e)} embeddings but {len(ids)} identities")
+    n = len(ids)
+    num_pairs = n * (n - 1) // 2
+    if num_pairs <= max_negative_pairs:
+        rows, cols = np.triu_indices(n, 1)
+        scores = (e @ e.T)[rows, cols]
+        same = ids[rows] == ids[cols]
+        return scores[same], scores[~same]
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, n, 2 * max_negative_pairs)
+    cols = rng.integers(0, n, 2 * max_negative_pairs)
+    different = ids[rows] != ids[cols]
+    rows, cols = rows[different][:max_negative_pairs], cols[different][:max_negative_pairs]
+    negatives = np.einsum("pd,pd->p", e[rows], e[cols])
+    positives = []
+    for person in np.unique(ids):
+        members = e[ids == person]
+        if len(members) > 1:
+            positives.append((members @ members.T)[np.triu_indices(len(members), 1)])
+    positives = np.concatenate(positives) if positives else np.zeros(0, np.float32)
+    return positives, negatives
+
+
+def threshold_at_far(negative_scores, far: float = 0.01) -> float:
+    """The lowest threshold at which at most `far` of different-person pairs pass.
+
+    Pairs pass when score > threshold. With n negatives, floor(far * n) may pass: the
+    threshold is the (floor(far * n) + 1)-th highest negative score.
+    """
+    negatives = np.sort(np.asarray(negative_scores, np.float64).reshape(-1))[::-1]
+    if len(negatives) == 0:
+        raise ValueError("No different-person pairs to set a threshold on")
+    if not 0.0 <= far < 1.0:
+        raise ValueError(f"far must be in [0, 1), got {far}")
+    return float(negatives[int(np.floor(far * len(negatives)))])
+
+
+def verification_rates(positive_scores, negative_scores, threshold: float) -> dict:
+    """{"tar": share of same-person pairs that pass, "far": share of different-person ones}."""
+    return {
+        "tar": float(np.mean(np.asarray(positive_scores) > threshold)),
+        "far": float(np.mean(np.asarray(negative_scores) > threshold)),
+    }

@@ -1,0 +1,149 @@
+"""Metrics: PSNR/SSIM against scikit-image, Frechet distance, verification logic."""
+
+import numpy as np
+import pytest
+from skimage import data as skimage_data
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from sdn_jax.data import synth_faces
+from sdn_jax.evaluation import metrics
+
+TOLERANCE = 1e-4
+
+
+def skimage_ssim(a, b):
+    return structural_similarity(
+        a,
+        b,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1,
+        channel_axis=-1,
+    )
+
+
+def image_pairs():
+    """(name, a, b) batches: noise, a real photo and synthetic faces under common edits."""
+    rng = np.random.default_rng(0)
+    noise = rng.random((3, 24, 37, 3))  # odd, non-square: the valid-region cropping shows
+    yield "noise", noise, rng.random(noise.shape)
+    yield "noise_perturbed", noise, np.clip(noise + 0.05 * rng.standard_normal(noise.shape), 0, 1)
+    photo = skimage_data.astronaut()[::4, ::4][None] / 255.0  # 128x128 real portrait
+    faces = synth_faces.render_faces([0, 1, 2, 3], [0, 0, 1, 5], 64)[0] / 255.0
+    for name, x in (("astronaut", photo), ("faces", faces)):
+        yield f"{name}_gain", x, np.clip(x * [1.2, 0.8, 0.9], 0, 1)
+        yield f"{name}_shift", x, np.roll(x, 2, axis=2)
+        yield f"{name}_blur", x, (x + np.roll(x, 1, 1) + np.roll(x, 1, 2)) / 3
+        yield f"{name}_noise", x, np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
+        yield f"{name}_other", x, x[:, ::-1]  # upside down: barely related
+
+
+@pytest.mark.parametrize("a,b", [pytest.param(a, b, id=name) for name, a, b in image_pairs()])
+def test_psnr_and_ssim_match_scikit_image(a, b):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    expected_psnr = [peak_signal_noise_ratio(x, y, data_range=1) for x, y in zip(a, b)]
+    expected_ssim = [skimage_ssim(x, y) for x, y in zip(a, b)]
+    np.testing.assert_allclose(np.asarray(metrics.psnr(a, b)), expected_psnr, atol=TOLERANCE)
+    np.testing.assert_allclose(np.asarray(metrics.ssim(a, b)), expected_ssim, atol=TOLERANCE)
+
+
+def test_identical_images():
+    x = np.random.default_rng(1).random((2, 16, 16, 3))
+    assert np.all(np.isinf(np.asarray(metrics.psnr(x, x))))
+    np.testing.assert_allclose(np.asarray(metrics.ssim(x, x)), 1.0, atol=1e-6)
+
+
+def test_image_metrics_reject_bad_shapes():
+    x = np.zeros((2, 16, 16, 3))
+    with pytest.raises(ValueError, match="NHWC"):
+        metrics.psnr(x, x[:1])
+    with pytest.raises(ValueError, match="NHWC"):
+        metrics.ssim(x[0], x[0])
+    with pytest.raises(ValueError, match="at least 11x11"):
+        metrics.ssim(x[:, :8], x[:, :8])
+
+
+def direct_frechet(a, b):
+    """The same distance by another route: tr((S_a^1/2 S_b S_a^1/2)^1/2) from eigh."""
+
+    def psd_sqrt(m):
+        w, v = np.linalg.eigh(m)
+        return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root_a = psd_sqrt(cov_a)
+    cross = np.trace(psd_sqrt(root_a @ cov_b @ root_a))
+    diff = a.mean(0) - b.mean(0)
+    return diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * cross
+
+
+def test_frechet_distance_matches_direct_formula():
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((400, 6)) @ rng.standard_normal((6, 6))
+    b = rng.standard_normal((300, 6)) @ rng.standard_normal((6, 6)) + 0.5
+    fd = metrics.frechet_distance(a, b)
+    assert fd > 1.0
+    np.testing.assert_allclose(fd, direct_frechet(a, b), rtol=1e-6)
+    # Diagonal covariances: |mu_a - mu_b|^2 + sum (sigma_a - sigma_b)^2, in closed form.
+    x = rng.standard_normal((1000, 3))
+    x = (x - x.mean(0)) / x.std(0, ddof=1)
+    y = x * [1.0, 2.0, 3.0] + [1.0, 0.0, 0.0]
+    np.testing.assert_allclose(metrics.frechet_distance(x, y), 1.0 + 0 + 1 + 4, rtol=1e-3)
+
+
+def test_frechet_distance_is_zero_for_identical_sets():
+    a = np.random.default_rng(3).standard_normal((200, 16))
+    assert abs(metrics.frechet_distance(a, a)) < 1e-6
+    # A pure translation only adds |shift|^2.
+    np.testing.assert_allclose(metrics.frechet_distance(a, a + 0.5), 16 * 0.25, rtol=1e-6)
+    with pytest.raises(ValueError, match="one D"):
+        metrics.frechet_distance(a, a[:, :3])
+
+
+def unit_vectors_at(cosines):
+    """References e_0 and probes at the given cosines to them, in 2-D."""
+    angles = np.arccos(np.asarray(cosines))
+    probes = np.stack([np.cos(angles), np.sin(angles)], 1)
+    return probes, np.tile([[1.0, 0.0]], (len(cosines), 1))
+
+
+def test_identity_match_rate_and_distance_on_hand_made_embeddings():
+    probes, references = unit_vectors_at([0.95, 0.7, 0.5, -0.2])
+    assert metrics.identity_match_rate(probes, references, 0.6) == 0.5
+    assert metrics.identity_match_rate(probes, references, -0.5) == 1.0
+    assert metrics.identity_match_rate(probes, references, 0.96) == 0.0
+    # Scale does not matter (rows are normalised), and the comparison is row by row.
+    assert metrics.identity_match_rate(3 * probes, 0.1 * references, 0.6) == 0.5
+    assert metrics.identity_match_rate(probes[::-1], references, 0.6) == 0.5
+    distance = metrics.mean_identity_distance(probes, references)
+    np.testing.assert_allclose(distance, np.mean(1 - np.array([0.95, 0.7, 0.5, -0.2])))
+
+
+def test_threshold_at_far_lets_through_the_allowed_share():
+    negatives = np.random.default_rng(4).permutation(np.linspace(-1, 1, 1000))
+    threshold = metrics.threshold_at_far(negatives, 0.01)
+    assert np.sum(negatives > threshold) == 10  # floor(0.01 * 1000)
+    assert np.sum(negatives > np.nextafter(threshold, -2)) == 11  # and it is the lowest
+    assert metrics.threshold_at_far(negatives, 0.0) == negatives.max()  # nothing passes
+    rates = metrics.verification_rates([0.99, 0.98, threshold, -1.0], negatives, threshold)
+    assert rates == {"tar": 0.5, "far": 0.01}  # a score equal to the threshold fails
+
+
+def test_verification_pairs_splits_same_and_different_people():
+    # Three people with two photos each; person 2's photos point opposite ways.
+    embeddings = np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1], [1, 1], [-1, -1]], float)
+    identities = np.array([0, 0, 1, 1, 2, 2])
+    positives, negatives = metrics.verification_pairs(embeddings, identities)
+    assert len(positives) == 3 and len(negatives) == 15 - 3
+    np.testing.assert_allclose(np.sort(positives)[0], -1.0)
+    threshold = metrics.threshold_at_far(negatives, 0.0)  # the best impostor: cos 45 deg
+    np.testing.assert_allclose(threshold, np.cos(np.arctan(0.1) - np.pi / 4), rtol=1e-6)
+    assert metrics.verification_rates(positives, negatives, threshold)["tar"] == 2 / 3
+    # Sampled negatives (big sets): only different-person pairs, the same positives.
+    sampled_pos, sampled_neg = metrics.verification_pairs(
+        embeddings, identities, max_negative_pairs=5
+    )
+    assert len(sampled_neg) == 5
+    assert set(np.round(sampled_neg, 6)) <= set(np.round(negatives, 6))
+    np.testing.assert_allclose(np.sort(sampled_pos), np.sort(positives))
