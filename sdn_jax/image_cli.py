@@ -147,8 +147,13 @@ def parse_attributes(text: str, key_attributes) -> dict[str, bool]:
         raise UsageError(f"--attributes: {error}") from None
 
 
-def _check_output(output: str, overwrite: bool) -> None:
-    if os.path.exists(os.path.join(output, MANIFEST)) and not overwrite:
+def _check_flags(args) -> None:
+    """What argparse cannot check: numbers' ranges, an output folder in use."""
+    for flag, value in (("--batch-size", args.batch_size), ("--max-pixels", args.max_pixels)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1")
+    output = args.output
+    if os.path.exists(os.path.join(output, MANIFEST)) and not args.overwrite:
         raise UsageError(
             f"{output} already holds the results of a run ({MANIFEST}); choose another "
             "--output, or --overwrite to replace them"
@@ -165,8 +170,6 @@ def _make_output(output: str) -> None:
 
 
 def _load_model(args) -> inference.Model:
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
     try:
         return inference.load(
             args.workdir, checkpoint=args.checkpoint, step=args.step, batch_size=args.batch_size
@@ -189,23 +192,13 @@ def run(argv, *, prog: str, description: str, anonymizing: bool, transform) -> i
 
     transform(model, images, key) is Model.anonymize or Model.recover.
     """
-    verb = "anonymized" if anonymizing else "recovered"
     parser = build_parser(prog, description, anonymizing)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a bad flag (2, message printed)
         return int(exit_.code or 0)
     try:
-        choices = parse_attributes(args.attributes, _check_config(args))
-        _check_output(args.output, args.overwrite)
-        passphrase = read_passphrase(args.password_file, confirm=anonymizing)
-        model = _load_model(args)
-        try:
-            key = inference.make_key(passphrase, choices, model.config)
-        except ValueError as error:  # keys.py's messages hold nothing of the passphrase
-            raise UsageError(str(error)) from None
-        del passphrase
-        _make_output(args.output)
+        model, key, choices = _prepare(args, anonymizing)
     except UsageError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
@@ -216,8 +209,46 @@ def run(argv, *, prog: str, description: str, anonymizing: bool, transform) -> i
     image_files.assign_outputs(items, args.output)
     if not anonymizing:
         _warn_about_input_manifests(args.input, model, choices)
-    fit = args.fit if anonymizing else None
     start = time.perf_counter()
+    _process(items, model, key, args, transform, fit=args.fit if anonymizing else None)
+    seconds = time.perf_counter() - start
+
+    done = sum(item.error is None for item in items)
+    failed = len(items) - done
+    try:
+        _write_manifest(args, model, choices, items, anonymizing)
+    except OSError as error:
+        print(f"{prog}: error: cannot write {MANIFEST}: {error.strerror}", file=sys.stderr)
+        return 1
+    print(
+        f"{'anonymized' if anonymizing else 'recovered'} {done} image(s) into {args.output} "
+        f"in {seconds:.1f} s ({done / max(seconds, 1e-9):.1f} images/s); {failed} failed",
+        file=sys.stderr,
+    )
+    if not items:
+        print(f"{prog}: error: no image files found in {args.input}", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
+def _prepare(args, anonymizing: bool) -> tuple[inference.Model, inference.Key, dict]:
+    """Checks the flags, reads the passphrase, loads the model: everything that can fail
+    as a whole (UsageError) before any input is read. Cheap checks come first."""
+    choices = parse_attributes(args.attributes, _check_config(args))
+    _check_flags(args)
+    passphrase = read_passphrase(args.password_file, confirm=anonymizing)
+    model = _load_model(args)
+    try:
+        key = inference.make_key(passphrase, choices, model.config)
+    except ValueError as error:  # keys.py's messages hold nothing of the passphrase
+        raise UsageError(str(error)) from None
+    _make_output(args.output)
+    return model, key, choices
+
+
+def _process(items, model, key, args, transform, fit: str | None) -> None:
+    """Reads, transforms and writes the items batch by batch; a failure is recorded in
+    its item (and printed), and the others go on."""
     bar = tqdm.tqdm(
         total=len(items),
         unit="img",
@@ -239,40 +270,20 @@ def run(argv, *, prog: str, description: str, anonymizing: bool, transform) -> i
                     fail(item, item.error)
                     continue
                 try:
-                    pixels.append(
-                        image_files.read_image(item.path, model.image_size, fit, args.max_pixels)
-                    )
+                    size = model.image_size
+                    pixels.append(image_files.read_image(item.path, size, fit, args.max_pixels))
                     loaded.append(item)
                 except image_files.ImageError as error:
                     fail(item, str(error))
             if loaded:
                 outputs = to_uint8(transform(model, image_files.to_unit_range(pixels), key))
-                for item, out in zip(loaded, outputs):
+                for item, pixels_out in zip(loaded, outputs):
+                    path = os.path.join(args.output, item.output)
                     try:
-                        image_files.write_png(
-                            os.path.join(args.output, item.output), out, args.overwrite
-                        )
+                        image_files.write_png(path, pixels_out, args.overwrite)
                     except image_files.ImageError as error:
                         fail(item, str(error))
             bar.update(len(batch))
-    seconds = time.perf_counter() - start
-
-    done = sum(item.error is None for item in items)
-    failed = len(items) - done
-    try:
-        _write_manifest(args, model, choices, items, anonymizing)
-    except OSError as error:
-        print(f"{prog}: error: cannot write {MANIFEST}: {error.strerror}", file=sys.stderr)
-        return 1
-    print(
-        f"{verb} {done} image(s) into {args.output} in {seconds:.1f} s "
-        f"({done / max(seconds, 1e-9):.1f} images/s); {failed} failed",
-        file=sys.stderr,
-    )
-    if not items:
-        print(f"{prog}: error: no image files found in {args.input}", file=sys.stderr)
-        return 1
-    return 1 if failed else 0
 
 
 def _write_manifest(args, model, choices, items, anonymizing) -> None:

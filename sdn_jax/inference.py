@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 from sdn_jax import keys
 from sdn_jax import state as state_lib
 from sdn_jax.checkpointing import STATE
+from sdn_jax.checkpointing import _silence_failed_restore_noise as silence_restore_noise
 
 DEFAULT_BATCH_SIZE = 16
 CONFIG_FILE = "config.json"
@@ -226,6 +227,7 @@ def restore_generator(config, step_dir: str | os.PathLike) -> tuple[dict, int]:
         restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True,
     )
+    silence_restore_noise()  # tensorstore's leftovers of a failed read, printed at exit
     try:
         with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
             restored = checkpointer.restore(path, args=args)
@@ -233,7 +235,8 @@ def restore_generator(config, step_dir: str | os.PathLike) -> tuple[dict, int]:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise LoadError(
             f"checkpoint {path} cannot be restored (truncated or damaged, or written by a run "
-            f"with another model config): {type(error).__name__}: {first}"
+            f"with another model config; --step chooses another checkpoint): "
+            f"{type(error).__name__}: {first}"
         ) from None
     _check_shapes(restored["params"], target["params"], path)
     return restored["params"], int(restored["step"])

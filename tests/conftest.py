@@ -39,3 +39,23 @@ def networks(tiny):
 @pytest.fixture(scope="session")
 def params(tiny):
     return tiny[2]
+
+
+# A tiny run trained once per session, for the inference and anonymize tests: a subprocess
+# of `python -m sdn_jax.main` (6 steps at 32 px, ~30 s), with XLA's expensive CPU passes
+# off as in test_train.py. Tests that change it copy it first.
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    import subprocess
+
+    base = tmp_path_factory.mktemp("trained_run")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    fast_xla = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {fast_xla}".strip()
+    command = [
+        sys.executable, "-m", "sdn_jax.main", "--config", "configs/tiny.py",
+        f"--workdir={base / 'run'}", f"--config.data.data_dir={base / 'tfds'}",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return base / "run"

@@ -16,7 +16,7 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _raw_png(width: int, height: int, bit_depth: int, color_type: int, rows: bytes) -> bytes:
+def raw_png(width: int, height: int, bit_depth: int, color_type: int, rows: bytes) -> bytes:
     """A PNG written by hand (Pillow cannot write 16-bit RGB, nor lie about its size)."""
     header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
     return (
@@ -108,7 +108,7 @@ def test_sixteen_bit_values_are_scaled_not_clipped(tmp_path):
     rgb = np.zeros((4, 4, 3), ">u2")
     rgb[..., 0], rgb[..., 1] = 65535, 32896
     rows = b"".join(b"\x00" + row.tobytes() for row in rgb)
-    (tmp_path / "rgb16.png").write_bytes(_raw_png(4, 4, 16, 2, rows))
+    (tmp_path / "rgb16.png").write_bytes(raw_png(4, 4, 16, 2, rows))
     assert (read_image(tmp_path / "rgb16.png", 4, None) == (255, 128, 0)).all()
 
 
@@ -173,7 +173,7 @@ def test_unsupported_format_missing_file_and_folder(tmp_path):
 
 def test_decompression_bombs_are_refused_before_decoding(tmp_path):
     # 30000 x 30000 (900 megapixels) declared, a few bytes of data: refused at the header.
-    (tmp_path / "bomb.png").write_bytes(_raw_png(30000, 30000, 8, 0, b"\x00" * 100))
+    (tmp_path / "bomb.png").write_bytes(raw_png(30000, 30000, 8, 0, b"\x00" * 100))
     with pytest.raises(ImageError, match=r"more than 100,000,000 pixels"):
         read_image(tmp_path / "bomb.png", 32)
     Image.fromarray(_gradient(100)).save(tmp_path / "ok.png")  # 10,000 pixels
