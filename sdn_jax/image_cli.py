@@ -203,15 +203,17 @@ def run(argv, *, prog: str, description: str, anonymizing: bool, transform) -> i
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
 
-    items, notes = image_files.collect_inputs(args.input)
+    items, notes = image_files.collect_inputs(args.input, ignore=(MANIFEST,))
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     image_files.assign_outputs(items, args.output)
     if not anonymizing:
         _warn_about_input_manifests(args.input, model, choices)
     start = time.perf_counter()
+    model.compile()
+    compiled = time.perf_counter()
     _process(items, model, key, args, transform, fit=args.fit if anonymizing else None)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - compiled
 
     done = sum(item.error is None for item in items)
     failed = len(items) - done
@@ -220,9 +222,10 @@ def run(argv, *, prog: str, description: str, anonymizing: bool, transform) -> i
     except OSError as error:
         print(f"{prog}: error: cannot write {MANIFEST}: {error.strerror}", file=sys.stderr)
         return 1
+    verb, rate = "anonymized" if anonymizing else "recovered", done / max(seconds, 1e-9)
     print(
-        f"{'anonymized' if anonymizing else 'recovered'} {done} image(s) into {args.output} "
-        f"in {seconds:.1f} s ({done / max(seconds, 1e-9):.1f} images/s); {failed} failed",
+        f"{verb} {done} image(s) into {args.output} in {seconds:.1f} s ({rate:.1f} images/s, "
+        f"after {compiled - start:.1f} s compiling); {failed} failed",
         file=sys.stderr,
     )
     if not items:

@@ -162,13 +162,15 @@ class Item:
     output: str | None = None  # the output file's name, once assigned
 
 
-def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Item], list[str]]:
+def collect_inputs(
+    paths: Iterable[str | os.PathLike], ignore: Sequence[str] = ()
+) -> tuple[list[Item], list[str]]:
     """(inputs, notes) for command-line paths: files as given, folders' image files.
 
     A folder contributes the files directly inside it (not subfolders) whose names end in
-    IMAGE_SUFFIXES, hidden ones excepted, sorted by name. A path that does not exist or a
-    folder that cannot be listed becomes an Item with an error. A file reached twice is
-    used once. `notes` says what was skipped in folders, for stderr.
+    IMAGE_SUFFIXES, hidden ones and those named in `ignore` excepted, sorted by name. A
+    path that does not exist or a folder that cannot be listed becomes an Item with an
+    error. A file reached twice is used once. `notes` says what was skipped in folders.
     """
     items, notes, seen = [], [], set()
 
@@ -192,7 +194,7 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Item], list
             continue
         skipped = 0
         for entry in entries:
-            if entry.name.startswith("."):
+            if entry.name.startswith(".") or entry.name in ignore:
                 continue
             if entry.is_dir() or not entry.name.lower().endswith(IMAGE_SUFFIXES):
                 skipped += 1

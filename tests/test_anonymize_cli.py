@@ -177,6 +177,7 @@ def test_round_trip_through_files_matches_the_model(anonymized, recovered, photo
     rec, result = recovered["right"]
     assert result.code == 0, result.err
     assert _manifest(rec)["tool"] == "sdn_jax.deanonymize"
+    assert "skipped" not in result.err  # the input folder's manifest.json is expected there
     originals = _fitted_originals(photos, _manifest(out))
     names = list(originals)
     x = image_files.to_unit_range(np.stack([originals[n] for n in names]))
