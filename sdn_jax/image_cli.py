@@ -209,6 +209,13 @@ def run(argv, *, prog: str, description: str, anonymizing: bool, transform) -> i
     image_files.assign_outputs(items, args.output)
     if not anonymizing:
         _warn_about_input_manifests(args.input, model, choices)
+        lossy = [i.path for i in items if i.path.lower().endswith((".jpg", ".jpeg", ".jpe"))]
+        if lossy:
+            print(
+                f"warning: {len(lossy)} JPEG input(s), e.g. {lossy[0]}: anonymize writes PNG, "
+                "and a lossy copy recovers only part of the original (README)",
+                file=sys.stderr,
+            )
     start = time.perf_counter()
     model.compile()
     compiled = time.perf_counter()

@@ -399,7 +399,9 @@ def test_deanonymize_names_a_step_or_attributes_that_differ(
     assert "anonymized with --attributes Smiling=1,Eyeglasses=0" in result.err
 
 
-def test_deanonymize_refuses_images_of_another_size(trained_run, photos, tmp_path, monkeypatch):
+def test_deanonymize_refuses_other_sizes_and_warns_of_jpegs(
+    trained_run, photos, anonymized, tmp_path, monkeypatch
+):
     monkeypatch.setenv("SDN_PASSWORD", PASSPHRASE)
     result = _run(
         deanonymize.main,
@@ -408,6 +410,14 @@ def test_deanonymize_refuses_images_of_another_size(trained_run, photos, tmp_pat
     )
     assert result.code == 1
     assert "is 128x128, but this model's images are 32x32" in result.err
+    Image.fromarray(_pixels(anonymized[0] / "face0.png")).save(tmp_path / "face0.jpg")
+    result = _run(
+        deanonymize.main,
+        *("--workdir", trained_run, "--input", tmp_path / "face0.jpg"),
+        *("--output", tmp_path / "from_jpeg"),
+    )
+    assert result.code == 0
+    assert "warning: 1 JPEG input(s), e.g." in result.err and "lossy copy" in result.err
     empty = tmp_path / "empty"
     empty.mkdir()
     result = _run(
