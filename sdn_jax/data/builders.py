@@ -79,8 +79,11 @@ class SynthFaces(tfds.core.GeneratorBasedBuilder):
     same identity labels), `test` (people never in train, labels 0..n_test-1).
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release.",
+        "1.1.0": "Bolder glasses (2px frames, tinted lenses) and darker mustaches.",
+    }
     BUILDER_CONFIGS = [synth_faces_config(size) for size in synth_faces.IMAGE_SIZES]
 
     def _info(self) -> tfds.core.DatasetInfo:

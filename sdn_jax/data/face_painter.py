@@ -210,8 +210,9 @@ def mustache(c, t, p):
     reach = half * 1.2
     w = c.region(0, top + reach * reach * 1.25, reach, 0.03 + reach * reach * 1.25)
     u, v = c.uv(w)
-    shape = ellipse(u, v - 2.5 * u * u, 0, top, reach, 0.03, True)
-    c.paint(w, c.cover(shape), t["hair_color"] * 0.7)
+    shape = ellipse(u, v - 2.5 * u * u, 0, top, reach, 0.038, True)
+    # Darker than the hair: a blond mustache must still show at 64px.
+    c.paint(w, c.cover(shape), t["hair_color"] * 0.45)
 
 
 def goatee(c, t, p):
@@ -277,15 +278,18 @@ def hat(c, t, p):
 
 
 def glasses(c, t, p):
-    """Two rings and a bridge."""
+    """Two tinted lenses in ~2px frames and a bridge: as plain at 64px as CelebA's."""
     eye_y, _ = _eye_geometry(t, p)
     dx, r = t["eye_dx"], t["eye_a"] * 1.35
-    w = c.region(0, eye_y, dx + t["eye_a"] * 1.6, t["eye_a"] * 1.4)
+    w = c.region(0, eye_y, dx + t["eye_a"] * 1.6 + 0.02, t["eye_a"] * 1.4 + 0.02)
     u, v = c.uv(w)
-    frame = c.cover(ellipse(u, v, 0, eye_y - 0.01, dx - r, 0.008, True))
+    frame = c.cover(ellipse(u, v, 0, eye_y - 0.01, dx - r, 0.014, True))
+    lenses = np.zeros_like(frame)
     for side in (-1.0, 1.0):
-        ring = np.abs(ellipse(u, v, side * dx, eye_y, r, r * 0.8)) - 0.008
-        frame = np.maximum(frame, c.cover(ring))
+        lens = ellipse(u, v, side * dx, eye_y, r, r * 0.8)
+        lenses = np.maximum(lenses, c.cover(lens))
+        frame = np.maximum(frame, c.cover(np.abs(lens) - 0.016))
+    c.paint(w, lenses, p["frame_color"], 0.3)
     c.paint(w, frame, p["frame_color"])
 
 
