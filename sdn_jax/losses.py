@@ -73,6 +73,30 @@ def dissimilarity(a: jax.Array, b: jax.Array) -> jax.Array:
     return 0.5 * (1.0 + cosine_similarity(a, b))
 
 
+def mismatch(a: jax.Array, b: jax.Array) -> jax.Array:
+    """(1 - cos) / 2 in [0, 1]: minimised, it makes a the same person as b."""
+    return 0.5 * (1.0 - cosine_similarity(a, b))
+
+
+def supervised_contrastive(embeddings: jax.Array, labels: jax.Array, temperature: float):
+    """Supervised contrastive loss (Khosla et al., 2020) over one batch of unit embeddings.
+
+    Each row's other photos of the same person are its positives, everyone else's photos
+    the negatives: it teaches "same person despite pose and light" from pairs, which
+    carries over to people never seen, unlike a softmax over training people that a short
+    run sees less than once each. Rows without a positive in the batch add nothing.
+    """
+    n = embeddings.shape[0]
+    self_mask = jnp.eye(n, dtype=bool)
+    logits = jnp.where(self_mask, -jnp.inf, embeddings @ embeddings.T / temperature)
+    log_prob = jax.nn.log_softmax(logits, axis=-1)
+    positive = (labels[:, None] == labels[None, :]) & ~self_mask
+    count = positive.sum(-1)
+    per_row = -jnp.sum(jnp.where(positive, log_prob, 0.0), -1) / jnp.maximum(count, 1)
+    has_positive = count > 0
+    return jnp.sum(jnp.where(has_positive, per_row, 0.0)) / jnp.maximum(has_positive.sum(), 1)
+
+
 def gaussian_log_likelihood(mean: jax.Array, log_var: jax.Array, y: jax.Array) -> jax.Array:
     """Per-row log q(y | x) of a diagonal Gaussian, up to the constant."""
     return jnp.sum(-0.5 * ((y - mean) ** 2 * jnp.exp(-log_var) + log_var), axis=-1)

@@ -24,8 +24,10 @@ from sdn_jax.state import GENERATOR_NETWORKS, TrainState, apply
 
 
 def _ramp(step, config):
-    """0 -> 1 over loss.ramp_steps: a short warm-up where reconstruction dominates."""
-    return jnp.clip(step.astype(jnp.float32) / max(1, config.loss.ramp_steps), 0.0, 1.0)
+    """0 -> 1 over loss.ramp_steps after the classifier's warm-up: a short phase where
+    reconstruction dominates the generator's loss."""
+    since = step.astype(jnp.float32) - config.train.get("classifier_warmup_steps", 0)
+    return jnp.clip(since / max(1, config.loss.ramp_steps), 0.0, 1.0)
 
 
 def sample_keys(rng: jax.Array, batch: int, config: ml_collections.ConfigDict) -> dict:
@@ -132,6 +134,7 @@ def generator_loss(gen_params, frozen_params, networks, batch, key, step, config
         "wrong_diversity": losses.dissimilarity(emb[4], jax.lax.stop_gradient(emb[1])),
         "key_information": losses.key_information(q_logits, key["password"]),
         "recovered_identity": losses.identity_cross_entropy(ids[3], y),
+        "recovered_embedding": losses.mismatch(emb[3], f_x),
     }
     ramped = _ramp(step, config)
     always = ("recovery", "keep_anonymized", "keep_wrong", "wrong_distance", "change_anonymized")
@@ -141,37 +144,55 @@ def generator_loss(gen_params, frozen_params, networks, batch, key, step, config
     return total, aux
 
 
-def discriminator_classifier_loss(dc_params, networks, batch, fakes, config):
-    """D: LSGAN real vs the three fakes. C: identity CE + attribute BCE on real images,
-    plus re-identifying x_A and x_W as the original person (an adversary to G)."""
+def classifier_loss(c_params, networks, batch, config):
+    """C on real images: who it is (a contrastive loss on the embedding, optionally a
+    softmax over the training people) and the 40 attributes, the key ones weighted up
+    (they are what anonymized faces must show, and small: glasses, a mustache)."""
+    w = config.loss
     x, y = batch["image"], batch["identity"]
-    n = x.shape[0]
-    real_scores = apply(networks["discriminator"], dc_params["discriminator"], x)
+    c = apply(networks["classifier"], c_params, x)
+    attributes = batch["attributes"].astype(jnp.float32)
+    key_index = jnp.asarray(attr_lib.attribute_indices(config.model.key_attributes))
+    c_identity = losses.identity_cross_entropy(c.identity_logits, y)
+    c_contrastive = losses.supervised_contrastive(c.embedding, y, w.contrastive_temperature)
+    c_attributes = losses.attribute_bce(c.attribute_logits, attributes)
+    c_key_attributes = losses.attribute_bce(
+        c.attribute_logits[:, key_index], attributes[:, key_index]
+    )
+    total = (
+        w.classifier_identity * c_identity
+        + w.classifier_contrastive * c_contrastive
+        + c_attributes
+        + w.classifier_key_attributes * c_key_attributes
+    )
+    key_hits = (c.attribute_logits[:, key_index] > 0) == (attributes[:, key_index] > 0.5)
+    metrics = dict(
+        c_identity=c_identity,
+        c_contrastive=c_contrastive,
+        c_attributes=c_attributes,
+        c_key_attributes=c_key_attributes,
+        c_train_identity_accuracy=jnp.mean(jnp.argmax(c.identity_logits, -1) == y),
+        c_train_key_attribute_accuracy=jnp.mean(key_hits),
+    )
+    return total, (metrics, c.embedding)
+
+
+def discriminator_classifier_loss(dc_params, networks, batch, fakes, config):
+    """D: LSGAN real vs the three fakes. C: `classifier_loss` on real images, plus
+    linking x_A and x_W back to the original's embedding (an adversary to G)."""
+    n = batch["image"].shape[0]
+    real_scores = apply(networks["discriminator"], dc_params["discriminator"], batch["image"])
     fake_scores = apply(networks["discriminator"], dc_params["discriminator"], fakes)
     d_loss = losses.lsgan_discriminator(real_scores, fake_scores)
+    c_real, (metrics, f_x) = classifier_loss(dc_params["classifier"], networks, batch, config)
     # C re-identifies x_A and x_W (fakes are [x_A, x_R, x_W]); x_R is left to D.
     anonymized, wrong = fakes[:n], fakes[2 * n :]
-    c = apply(
-        networks["classifier"], dc_params["classifier"], jnp.concatenate([x, anonymized, wrong])
-    )
-    real_ids, anon_ids, wrong_ids = jnp.split(c.identity_logits, 3)
-    c_identity = losses.identity_cross_entropy(real_ids, y)
-    c_attributes = losses.attribute_bce(
-        jnp.split(c.attribute_logits, 3)[0], batch["attributes"].astype(jnp.float32)
-    )
-    c_adversarial = losses.identity_cross_entropy(anon_ids, y) + losses.identity_cross_entropy(
-        wrong_ids, y
-    )
-    c_loss = c_identity + c_attributes + config.loss.classifier_adversarial * c_adversarial
-    accuracy = jnp.mean(jnp.argmax(real_ids, -1) == y)
-    metrics = dict(
-        d_total=d_loss,
-        c_identity=c_identity,
-        c_attributes=c_attributes,
-        c_adversarial=c_adversarial,
-        c_total=c_loss,
-        c_train_identity_accuracy=accuracy,
-    )
+    c = apply(networks["classifier"], dc_params["classifier"], jnp.concatenate([anonymized, wrong]))
+    f_a, f_w = jnp.split(c.embedding, 2)
+    f_x = jax.lax.stop_gradient(f_x)
+    c_adversarial = losses.mismatch(f_a, f_x) + losses.mismatch(f_w, f_x)
+    c_loss = c_real + config.loss.classifier_adversarial * c_adversarial
+    metrics = dict(metrics, d_total=d_loss, c_adversarial=c_adversarial, c_total=c_loss)
     return d_loss + c_loss, metrics
 
 
@@ -225,6 +246,32 @@ def train_step(state: TrainState, batch: dict, *, networks, optimizers, config, 
     metrics["loss/d_total"] = dc_metrics["d_total"]
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
+
+
+def classifier_warmup_step(state: TrainState, batch: dict, *, networks, optimizers, config):
+    """A step of C alone on real images: the first `train.classifier_warmup_steps`.
+
+    The generator's identity and attribute terms follow C's gradients; from a random C
+    they point nowhere. C's real-image loss does not depend on G, and a C step costs
+    ~1/20 of a full step, so C learns first and G starts against a real recogniser.
+    """
+    params, opt_state = dict(state.params), dict(state.opt_state)
+    (c_total, (metrics, _)), grads = jax.value_and_grad(classifier_loss, has_aux=True)(
+        params["classifier"], networks, batch, config
+    )
+    params["classifier"], opt_state["classifier"] = _update(
+        optimizers["classifier"], params["classifier"], opt_state["classifier"], grads
+    )
+    metrics = {f"loss/{k}": v for k, v in metrics.items()}
+    metrics["loss/c_total"] = c_total
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+
+def make_classifier_warmup_step(networks, optimizers, config):
+    return functools.partial(
+        classifier_warmup_step, networks=networks, optimizers=optimizers, config=config
+    )
 
 
 def make_train_step(networks, optimizers, config, base_rng):

@@ -98,6 +98,16 @@ def _fixed_eval_batch(source, count: int) -> dict:
     return {"image": images}
 
 
+# What the progress line shows, when the step reports it (C's warm-up has no g, d, ...).
+_PROGRESS_LOSSES = (
+    ("g", "loss/g_total"),
+    ("d", "loss/d_total"),
+    ("c", "loss/c_total"),
+    ("recovery", "loss/recovery"),
+    ("c_key_attr_acc", "loss/c_train_key_attribute_accuracy"),
+)
+
+
 class Trainer:
     """Everything one run needs; `train()` then `evaluate()`."""
 
@@ -165,6 +175,13 @@ class Trainer:
             out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
             donate_argnums=0,
         )
+        warmup_step = jax.jit(
+            steps.make_classifier_warmup_step(self.networks, self.optimizers, config),
+            in_shardings=(self.state_sharding, self.batch_sharding),
+            out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
+            donate_argnums=0,
+        )
+        warmup_steps = t.get("classifier_warmup_steps", 0)
         samples = _fixed_eval_batch(self.eval_source, t.num_samples)
         outputs_fn = jax.jit(heldout.make_outputs_fn(self.networks))
         sample_key = heldout.evaluation_keys(len(samples["image"]), config)
@@ -176,11 +193,22 @@ class Trainer:
                 batch = sharding.global_batch(
                     {k: v for k, v in next(iterator).items()}, self.batch_sharding
                 )
-                state, metrics = train_step(state, batch)
+                in_warmup = step <= warmup_steps
+                if step == warmup_steps + 1 and start < warmup_steps:
+                    jax.block_until_ready(state)
+                    log.info("Classifier warm-up done; training every network")
+                    compiled_at = None  # The full step compiles now: time it apart.
+                    last_time = start_time = time.perf_counter()
+                    last_step = step - 1
+                state, metrics = (warmup_step if in_warmup else train_step)(state, batch)
                 if compiled_at is None:
                     jax.block_until_ready(metrics)
                     compiled_at = time.perf_counter()
-                    log.info("First step (compile + run) took %.1f s", compiled_at - last_time)
+                    log.info(
+                        "First step%s (compile + run) took %.1f s",
+                        "" if step == start + 1 else " after the warm-up",
+                        compiled_at - last_time,
+                    )
                     last_time, last_step = compiled_at, step
                 is_last = step == t.num_steps
                 # Read once: a signal landing between the checks below must not skip the save.
@@ -198,12 +226,15 @@ class Trainer:
                     scalars["perf/images_per_s"] = rate * t.global_batch_size
                     self.writer.write(step, "train", scalars)
                     eta = (t.num_steps - step) / max(rate, 1e-9)
+                    losses_text = "  ".join(
+                        f"{name} {scalars[key]:.3f}"
+                        for name, key in _PROGRESS_LOSSES
+                        if key in scalars
+                    )
                     log.info(
-                        "step %d/%d  g %.3f  d %.3f  recovery %.4f  %.2f steps/s  %.0f img/s"
-                        "  ETA %s",
-                        step, t.num_steps, scalars["loss/g_total"], scalars["loss/d_total"],
-                        scalars["loss/recovery"], rate, rate * t.global_batch_size,
-                        _format_seconds(eta),
+                        "step %d/%d%s  %s  %.2f steps/s  %.0f img/s  ETA %s",
+                        step, t.num_steps, " (C warm-up)" if in_warmup else "", losses_text,
+                        rate, rate * t.global_batch_size, _format_seconds(eta),
                     )  # fmt: skip
                 if step % t.sample_every_steps == 0 or is_last:
                     outputs = outputs_fn(state.params, jnp.asarray(samples["image"]), sample_key)

@@ -193,3 +193,29 @@ def test_key_information():
     bits = np.asarray(password) + 0.5
     expected = -np.mean(bits * np_log_sigmoid(logits) + (1 - bits) * np_log_sigmoid(-logits))
     assert float(losses.key_information(f32(logits), password)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_mismatch_is_zero_for_the_same_direction_and_one_for_opposite():
+    a = f32([[1.0, 0.0], [0.0, 2.0]])
+    assert float(losses.mismatch(a, 3.0 * a)) == pytest.approx(0.0, abs=1e-6)
+    assert float(losses.mismatch(a, -a)) == pytest.approx(1.0, abs=1e-6)
+    assert float(losses.mismatch(a, f32([[0.0, 1.0], [1.0, 0.0]]))) == pytest.approx(0.5)
+
+
+def test_supervised_contrastive_matches_numpy_and_ignores_rows_without_positives():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(5, 3))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    labels = np.array([0, 0, 1, 1, 2])  # row 4 has no positive in the batch
+    t = 0.5
+    expected = []
+    for i in range(4):
+        others = [j for j in range(5) if j != i]
+        log_denominator = np.logaddexp.reduce([emb[i] @ emb[j] / t for j in others])
+        positives = [j for j in others if labels[j] == labels[i]]
+        expected.append(-np.mean([emb[i] @ emb[j] / t - log_denominator for j in positives]))
+    got = losses.supervised_contrastive(f32(emb), jnp.asarray(labels), t)
+    assert float(got) == pytest.approx(np.mean(expected), rel=1e-5)
+    # Pulling each pair together (and the pairs apart) lowers it.
+    tidy = f32([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1]])
+    assert float(losses.supervised_contrastive(tidy, jnp.asarray(labels), t)) < float(got)

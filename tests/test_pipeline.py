@@ -206,8 +206,85 @@ def test_from_config_reads_the_config():
     config = tiny.get_config()
     config.train.global_batch_size = 4
     config.data.random_flip = False
+    config.data.photos_per_person_in_batch = 1
     batch = next(pipeline.from_config(config, SOURCE, train=True, process_count=1, process_index=0))
     assert batch["image"].shape[0] == 4
     assert np.all(np.diff(batch["image"][..., 1], axis=-1) > 0)
     batches = list(pipeline.from_config(config, SOURCE, train=False))
     assert len(batches) == NUM_RECORDS // 4 and all(b["mask"].all() for b in batches)
+    # Grouped batches: the identities are read from the source itself.
+    config.data.photos_per_person_in_batch = 2
+    people_source = [dict(r, identity=np.int32(PEOPLE[i])) for i, r in enumerate(SOURCE[:23])]
+    grouped = pipeline.from_config(
+        config, people_source, train=True, process_count=1, process_index=0
+    )
+    for batch in itertools.islice(grouped, 5):
+        runs = batch["identity"].reshape(-1, 2)
+        assert (runs[:, 0] == runs[:, 1]).all()
+        assert (PEOPLE[_record_index(batch)] == batch["identity"]).all()
+
+
+# Person-grouped batches: 6 people with 5, 4, 4, 4, 4, 3 photos (record -> person below).
+PEOPLE = np.array([0] * 5 + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4 + [5] * 3)
+
+
+def _record_index(batch) -> list[int]:
+    """Which records a batch holds (channel 0 of the image is the index)."""
+    return np.round((batch["image"][:, 0, 0, 0] + 1) * 127.5).astype(int).tolist()
+
+
+def test_person_grouped_stream_runs_of_one_person_covering_each_epoch():
+    stream = pipeline.PersonGroupedStream(SOURCE[: len(PEOPLE)], PEOPLE, 2, seed=3)
+    # Runs of 2: person 0 gives 2 (one photo waits), 1-4 give 2 each, person 5 gives 1.
+    assert stream.epoch_length == 2 * (2 + 2 * 4 + 1)
+    epochs = []
+    for epoch in range(3):
+        start = epoch * stream.epoch_length
+        records = [int(stream[start + i]["identity"]) for i in range(stream.epoch_length)]
+        assert len(set(records)) == len(records)  # no record twice in an epoch
+        runs = np.asarray(records).reshape(-1, 2)
+        assert (PEOPLE[runs[:, 0]] == PEOPLE[runs[:, 1]]).all()
+        assert sorted(np.bincount(PEOPLE[runs[:, 0]]).tolist()) == [1, 2, 2, 2, 2, 2]
+        epochs.append(records)
+    assert epochs[0] != epochs[1] != epochs[2]  # a fresh order every epoch
+    again = pipeline.PersonGroupedStream(SOURCE[: len(PEOPLE)], PEOPLE, 2, seed=3)
+    assert [int(again[i]["identity"]) for i in range(30)] == [r for e in epochs for r in e][:30]
+
+
+def test_person_grouped_batches_split_over_processes_and_resume():
+    kwargs = dict(identities=PEOPLE, photos_per_person=2, global_batch_size=4)
+    source = SOURCE[: len(PEOPLE)]
+    single = _take(
+        pipeline.train_iterator(source, seed=0, process_index=0, process_count=1, **kwargs), 6
+    )
+    for batch in single:
+        people = PEOPLE[_record_index(batch)].reshape(-1, 2)
+        assert (people[:, 0] == people[:, 1]).all()
+    halves = [
+        _take(
+            pipeline.train_iterator(source, seed=0, process_index=p, process_count=2, **kwargs), 6
+        )
+        for p in range(2)
+    ]
+    for step, batch in enumerate(single):
+        interleaved = np.stack([_record_index(halves[p][step]) for p in range(2)], 1).reshape(-1)
+        assert interleaved.tolist() == _record_index(batch)
+    iterator = pipeline.train_iterator(source, seed=0, process_index=0, process_count=1, **kwargs)
+    _take(iterator, 2)
+    state = iterator.get_state()
+    rest = _take(iterator, 4)
+    resumed = pipeline.train_iterator(source, seed=0, process_index=0, process_count=1, **kwargs)
+    resumed.set_state(state)
+    _assert_same_batches(_take(resumed, 4), rest)
+
+
+def test_person_grouped_batches_reject_bad_settings():
+    source = SOURCE[: len(PEOPLE)]
+    with pytest.raises(ValueError, match="multiple of photos_per_person"):
+        pipeline.train_iterator(
+            source, seed=0, global_batch_size=4, identities=PEOPLE, photos_per_person=3
+        )
+    with pytest.raises(ValueError, match="needs the records' identities"):
+        pipeline.train_iterator(source, seed=0, global_batch_size=4, photos_per_person=2)
+    with pytest.raises(ValueError, match="No person has 6 records"):
+        pipeline.PersonGroupedStream(source, PEOPLE, 6, seed=0)

@@ -133,8 +133,14 @@ def train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     worker_count: int = 0,
+    identities: np.ndarray | None = None,
+    photos_per_person: int = 1,
 ) -> grain.DatasetIterator:
     """An endless iterator of this process's training batches (see the module doc).
+
+    photos_per_person > 1 (with every record's `identities`) makes each global batch
+    runs of that many photos of one person (PersonGroupedStream) instead of a plain
+    shuffle; the global batch size must then be a multiple of it.
 
     Every epoch is a fresh permutation of the whole source (grain combines the seed with
     the epoch number); batches run across epoch boundaries, so no record is ever dropped.
@@ -158,11 +164,80 @@ def train_iterator(
         )
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
-    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat().map(_SelectFeatures())
+    if photos_per_person > 1:
+        if identities is None:
+            raise ValueError("photos_per_person > 1 needs the records' identities")
+        if global_batch_size % photos_per_person:
+            raise ValueError(
+                f"global_batch_size ({global_batch_size}) must be a multiple of "
+                f"photos_per_person ({photos_per_person}): a batch holds whole runs."
+            )
+        stream = PersonGroupedStream(source, identities, photos_per_person, seed)
+        ds = grain.MapDataset.source(stream).seed(seed)
+    else:
+        ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+    ds = ds.map(_SelectFeatures())
     if random_flip:
         ds = ds.random_map(_RandomHorizontalFlip())
     ds = ds[process_index::process_count]
     return iter(_finish(ds, batch_size, worker_count))
+
+
+class PersonGroupedStream(Sequence):
+    """An endless stream of records in runs of `photos_per_person` photos of one person.
+
+    Metric learning needs positives in the batch: a batch of P x K records holds K
+    different photos of each of P people, so the classifier can learn "same person
+    despite pose and light" from pairs, which carries over to people it never saw (a
+    softmax over 1,000 people seen less than once each learns next to nothing).
+
+    Epoch e: each person's records are shuffled and cut into runs of K (a remainder
+    shorter than K waits for the next epoch's shuffle), and the runs are shuffled; all
+    of it is a pure function of (seed, e), so position -> record is deterministic and a
+    grain iterator's state resumes it exactly.
+    """
+
+    def __init__(self, source: Sequence, identities: np.ndarray, photos_per_person: int, seed: int):
+        identities = np.asarray(identities)
+        if len(identities) != len(source):
+            raise ValueError(f"{len(identities)} identities for a source of {len(source)} records")
+        order = np.argsort(identities, kind="stable")
+        starts = np.flatnonzero(np.diff(identities[order], prepend=-1))
+        self._people = [g for g in np.split(order, starts[1:]) if len(g) >= photos_per_person]
+        self._runs_per_epoch = sum(len(g) // photos_per_person for g in self._people)
+        if not self._runs_per_epoch:
+            raise ValueError(
+                f"No person has {photos_per_person} records: cannot batch "
+                f"{photos_per_person} photos per person (data.photos_per_person_in_batch)."
+            )
+        self._source, self._k, self._seed = source, photos_per_person, seed
+        self.epoch_length = self._runs_per_epoch * photos_per_person
+        self._cached_epoch, self._cached_order = -1, None
+
+    def __len__(self) -> int:
+        return self.epoch_length * 2**30  # Endless in practice: grain needs a length.
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if epoch != self._cached_epoch:
+            rng = np.random.default_rng([self._seed, epoch])
+            runs = []
+            for group in self._people:
+                shuffled = rng.permutation(group)
+                usable = len(group) - len(group) % self._k
+                runs.append(shuffled[:usable].reshape(-1, self._k))
+            runs = np.concatenate(runs)
+            self._cached_order = runs[rng.permutation(len(runs))].reshape(-1)
+            self._cached_epoch = epoch
+        return self._cached_order
+
+    def __getitem__(self, position: int):
+        epoch, offset = divmod(int(position), self.epoch_length)
+        return self._source[int(self._epoch_order(epoch)[offset])]
+
+
+def read_identities(source: Sequence) -> np.ndarray:
+    """Every record's identity (reads the whole source once: ~10 s for 24k records)."""
+    return np.fromiter((source[i]["identity"] for i in range(len(source))), np.int64, len(source))
 
 
 def num_eval_batches(num_records: int, global_batch_size: int) -> int:
@@ -213,10 +288,13 @@ def from_config(
     )
     if not train:
         return eval_iterator(source, **common)
+    photos_per_person = config.data.get("photos_per_person_in_batch", 1)
     return train_iterator(
         source,
         seed=config.seed,
         random_flip=config.data.random_flip,
         worker_count=config.data.worker_count,
+        identities=read_identities(source) if photos_per_person > 1 else None,
+        photos_per_person=photos_per_person,
         **common,
     )

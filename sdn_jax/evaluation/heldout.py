@@ -90,7 +90,7 @@ def evaluate_heldout(params, networks, batches, config) -> dict:
     key_index = np.asarray(attr_lib.attribute_indices(config.model.key_attributes))
     collected = {name: [] for name in ("identity", "original", *OUTPUTS)}
     psnrs = {name: [] for name in OUTPUTS}
-    attribute_hits = []
+    attribute_hits, original_attribute_hits = [], []
     for batch in batches:
         mask = np.asarray(batch["mask"], bool)
         images = jnp.asarray(batch["image"])
@@ -101,6 +101,10 @@ def evaluate_heldout(params, networks, batches, config) -> dict:
         for name, x in (("original", images), *((n, outputs[n]) for n in OUTPUTS)):
             c = classify(params["classifier"], jnp.asarray(x))
             collected[name].append(np.asarray(c.embedding)[mask])
+            if name == "original":  # C's own accuracy on real photos: the reference.
+                predicted = np.asarray(c.attribute_logits)[:, key_index] > 0
+                truth = np.asarray(batch["attributes"])[:, key_index]
+                original_attribute_hits.append((predicted == truth)[mask])
             if name == "anonymized":
                 predicted = np.asarray(c.attribute_logits)[:, key_index] > 0
                 requested = np.asarray(key["attributes"]) > 0
@@ -122,7 +126,13 @@ def evaluate_heldout(params, networks, batches, config) -> dict:
             np.mean(np.concatenate(psnrs["recovered_wrong_attributes"]))
         ),
         "classifier/attribute_accuracy_anonymized": float(np.mean(np.concatenate(attribute_hits))),
+        "classifier/attribute_accuracy_original": float(
+            np.mean(np.concatenate(original_attribute_hits))
+        ),
     }
+    per_attribute = np.mean(np.concatenate(attribute_hits), axis=0)
+    for name, hit_rate in zip(config.model.key_attributes, per_attribute):
+        summary[f"classifier/attribute_accuracy_anonymized/{name}"] = float(hit_rate)
     for name, rate in rates.items():
         summary[f"classifier/identification_{name}"] = rate
     return summary
