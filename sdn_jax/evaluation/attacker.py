@@ -1,0 +1,316 @@
+"""The independent attacker: a face recognizer and an attribute classifier.
+
+SDN is judged by someone who did not build it. This module trains, once per workdir, a
+recognizer that has never seen SDN (its own networks and seed, trained only on original
+training-split photos) and caches it in `<workdir>/eval/attacker/`. Its verification
+threshold is fixed on originals: 1% of pairs of photos of *different* people pass. The
+people it calibrates on are held out of its training (the last `calibration_people`
+identities of the train split), so the threshold is set as it will be used: on faces it
+never learned. Test people are never touched.
+
+    attacker = get_attacker(config, workdir)
+    e = attacker.embed(images)            # (N, D) unit embeddings; images in [-1, 1]
+    attacker.same_person(e_a, e_b)        # cosine > attacker.threshold, row by row
+    attacker.attributes(images)           # (N, 40) probabilities, CelebA order
+
+Settings: `default_settings()`; a config overrides any of them in `config.eval.attacker`.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import time
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import sdn_jax.data
+from sdn_jax.evaluation import attacker_training, metrics
+from sdn_jax.evaluation.recognizer_model import resize_to
+
+log = logging.getLogger("sdn_jax")
+
+CACHE_FORMAT = 1
+PARAMS_FILE = "params.msgpack"
+INFO_FILE = "attacker.json"
+
+
+def default_settings() -> ml_collections.ConfigDict:
+    """The attacker's settings; measured choices in docs/experiments.md."""
+    s = ml_collections.ConfigDict()
+    s.seed = 20250101  # its own, never config.seed: SDN's randomness is no help to it
+    s.far = 0.01  # verification threshold: this share of different-person pairs pass
+    s.calibration_people = 100  # train-split people held out of training, for the threshold
+    # Identity network (recognizer_model.Recognizer) and its CosFace prototype training.
+    s.input_size = 32
+    s.widths = (32, 64, 128)
+    s.res_blocks = 1
+    s.embedding_dim = 128
+    s.num_steps = 1500
+    s.people_per_batch = 16
+    s.photos_per_person = 4
+    s.margin = 0.2  # CosFace additive cosine margin
+    s.scale = 16.0  # CosFace logit scale
+    s.recolour_probability = 0.5
+    s.learning_rate = 3e-3
+    s.weight_decay = 5e-4
+    # Attribute network: its own Recognizer at the data's resolution.
+    s.attribute_input_size = 64
+    s.attribute_widths = (16, 32, 64, 128)
+    s.attribute_steps = 400
+    s.attribute_batch_size = 64
+    s.log_every_steps = 100
+    s.batch_size = 256  # images per jitted call in embed / attributes
+    return s
+
+
+def settings_from_config(config) -> ml_collections.ConfigDict:
+    """default_settings() updated with `config.eval.attacker`, where the config has one."""
+    settings = default_settings()
+    overrides = config.get("eval", {}).get("attacker", None)
+    if overrides is not None:
+        unknown = set(overrides.keys()) - set(settings.keys())
+        if unknown:
+            raise ValueError(f"Unknown config.eval.attacker fields: {sorted(unknown)}")
+        settings.update(overrides.to_dict() if hasattr(overrides, "to_dict") else overrides)
+    return settings
+
+
+class Attacker:
+    """A trained attacker: jitted, batched embedding and attribute functions."""
+
+    def __init__(self, settings, identity_params, attribute_params, threshold: float, info=None):
+        self.settings = settings
+        self.identity_params = identity_params
+        self.attribute_params = attribute_params
+        self.threshold = float(threshold)
+        self.info = dict(info or {})
+        identity = attacker_training.identity_network(settings)
+        attribute = attacker_training.attribute_network(settings)
+        self._embed = jax.jit(lambda p, x: identity.apply(p, x)[0])
+        self._attributes = jax.jit(lambda p, x: jax.nn.sigmoid(attribute.apply(p, x)[1]))
+
+    def _batched(self, fn, params, images) -> np.ndarray:
+        """fn over fixed-size batches (the last one padded): one compile per image size."""
+        images = np.asarray(images, np.float32)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"Expected (N, H, W, 3) images in [-1, 1], got {images.shape}")
+        n, size = len(images), self.settings.batch_size
+        outputs = []
+        for start in range(0, n, size):
+            chunk = images[start : start + size]
+            padded = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]))])
+            outputs.append(np.asarray(fn(params, jnp.asarray(padded, jnp.float32)))[: len(chunk)])
+        return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+
+    def embed(self, images) -> np.ndarray:
+        """(N, D) unit identity embeddings of float images in [-1, 1] (N, H, W, 3)."""
+        return self._batched(self._embed, self.identity_params, images)
+
+    def attributes(self, images) -> np.ndarray:
+        """(N, 40) attribute probabilities (CelebA order) of float images in [-1, 1]."""
+        return self._batched(self._attributes, self.attribute_params, images)
+
+    def same_person(self, embeddings_a, embeddings_b) -> np.ndarray:
+        """Row-wise verification: cosine similarity above the fixed threshold."""
+        return metrics.cosine_similarity(embeddings_a, embeddings_b) > self.threshold
+
+
+def _data_fingerprint(config) -> dict:
+    data = config.data
+    return {
+        "name": data.name,
+        "image_size": int(data.image_size),
+        "options": sdn_jax.data.dataset_options(data),
+    }
+
+
+def load_train_images(config, workdir: str, size: int) -> dict:
+    """The train split as uint8 images at `size` px (box-averaged), identities, attributes."""
+    data = config.data
+    data_dir = data.data_dir or sdn_jax.data.default_data_dir(workdir)
+    source = sdn_jax.data.load_source(
+        data.name, "train", data.image_size, data_dir, manual_dir=data.manual_dir,
+        prepare_if_missing=data.name == "synth_faces", **sdn_jax.data.dataset_options(data),
+    )  # fmt: skip
+    images, identities, attributes = [], [], []
+    for start in range(0, len(source), 1024):
+        records = source.__getitems__(list(range(start, min(start + 1024, len(source)))))
+        chunk = np.stack([r["image"] for r in records])
+        if chunk.shape[1] != size:
+            chunk = np.asarray(resize_to(jnp.asarray(chunk, jnp.float32), size))
+            chunk = np.clip(np.round(chunk), 0, 255).astype(np.uint8)
+        images.append(chunk)
+        identities.append(np.array([r["identity"] for r in records], np.int64))
+        attributes.append(np.stack([r["attributes"] for r in records]).astype(bool))
+    return {
+        "images": np.concatenate(images),
+        "identities": np.concatenate(identities),
+        "attributes": np.concatenate(attributes),
+    }
+
+
+def split_calibration(identities: np.ndarray, calibration_people: int):
+    """Masks (train, calibration): the last `calibration_people` identities calibrate."""
+    people = np.unique(identities)
+    if len(people) < calibration_people + 2 or calibration_people < 2:
+        raise ValueError(
+            f"The attacker holds out calibration_people ({calibration_people}, at least 2) of "
+            f"the {len(people)} training people and needs 2 more to train on"
+        )
+    calibration = np.isin(identities, people[-calibration_people:])
+    return ~calibration, calibration
+
+
+def verification_summary(attacker: Attacker, images, identities, far: float = 0.01) -> dict:
+    """TAR and FAR at the attacker's fixed threshold, and TAR at `far` on this set's own
+    threshold (the set's pairs of different photos: same person vs different people)."""
+    positives, negatives = metrics.verification_pairs(attacker.embed(images), identities)
+    own_threshold = metrics.threshold_at_far(negatives, far)
+    fixed = metrics.verification_rates(positives, negatives, attacker.threshold)
+    return {
+        "tar_at_fixed_threshold": fixed["tar"],
+        "far_at_fixed_threshold": fixed["far"],
+        f"tar_at_far_{far:g}": metrics.verification_rates(positives, negatives, own_threshold)[
+            "tar"
+        ],
+        "threshold_at_far": own_threshold,
+        "positive_pairs": int(len(positives)),
+        "negative_pairs": int(len(negatives)),
+    }
+
+
+def train_attacker(train: dict, settings) -> Attacker:
+    """Trains both networks on `train` (load_train_images' dict) and fixes the threshold."""
+    start = time.time()
+    key = jax.random.key(settings.seed)
+    identity_key, attribute_key = jax.random.split(key)
+    fit, calibration = split_calibration(train["identities"], settings.calibration_people)
+    log.info(
+        "Training the attacker: %d images of %d people (%d people held out for the threshold)",
+        int(fit.sum()), len(np.unique(train["identities"][fit])), settings.calibration_people,
+    )  # fmt: skip
+    identity_params = attacker_training.train_identity(
+        train["images"][fit], train["identities"][fit], settings, identity_key
+    )
+    identity_seconds = time.time() - start
+    attribute_params = attacker_training.train_attributes(
+        train["images"], train["attributes"], settings, attribute_key
+    )
+    attacker = Attacker(settings, identity_params, attribute_params, threshold=1.0)
+    calibration_images = attacker_training.to_float(train["images"][calibration])
+    positives, negatives = metrics.verification_pairs(
+        attacker.embed(np.asarray(calibration_images)), train["identities"][calibration]
+    )
+    attacker.threshold = metrics.threshold_at_far(negatives, settings.far)
+    rates = metrics.verification_rates(positives, negatives, attacker.threshold)
+    attacker.info = {
+        "calibration_tar": rates["tar"],
+        "calibration_far": rates["far"],
+        "calibration_people": settings.calibration_people,
+        "identity_train_seconds": round(identity_seconds, 1),
+        "train_seconds": round(time.time() - start, 1),
+    }
+    log.info(
+        "Attacker threshold %.4f (FAR %.4f on %d held-out people), TAR there %.3f; %.0fs",
+        attacker.threshold, rates["far"], settings.calibration_people, rates["tar"],
+        time.time() - start,
+    )  # fmt: skip
+    return attacker
+
+
+def _save(attacker: Attacker, directory: str, fingerprint: dict) -> None:
+    """params.msgpack, then attacker.json with its hash (written last, both atomically)."""
+    os.makedirs(directory, exist_ok=True)
+    payload = flax.serialization.to_bytes(
+        {"identity": attacker.identity_params, "attributes": attacker.attribute_params}
+    )
+    info = dict(
+        fingerprint,
+        threshold=attacker.threshold,
+        params_sha256=hashlib.sha256(payload).hexdigest(),
+        info=attacker.info,
+    )
+    for name, content in ((PARAMS_FILE, payload), (INFO_FILE, json.dumps(info, indent=2))):
+        path = os.path.join(directory, name)
+        with open(path + ".tmp", "wb" if isinstance(content, bytes) else "w") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+
+
+class CorruptCacheError(ValueError):
+    """The cached attacker cannot be used as it is (unreadable, altered or mismatched)."""
+
+
+def _load(directory: str, settings, fingerprint: dict) -> Attacker:
+    """The cached attacker; CorruptCacheError says why it cannot be used."""
+    try:
+        with open(os.path.join(directory, INFO_FILE)) as f:
+            info = json.load(f)
+        with open(os.path.join(directory, PARAMS_FILE), "rb") as f:
+            payload = f.read()
+    except (OSError, json.JSONDecodeError) as e:
+        raise CorruptCacheError(f"unreadable ({e})") from e
+    stale = {k for k in fingerprint if info.get(k) != json.loads(json.dumps(fingerprint[k]))}
+    if stale:
+        raise CorruptCacheError(f"trained with other {', '.join(sorted(stale))}")
+    if hashlib.sha256(payload).hexdigest() != info.get("params_sha256"):
+        raise CorruptCacheError(f"{PARAMS_FILE} does not match the hash in {INFO_FILE}")
+    template = _abstract_params(settings)
+    try:
+        params = flax.serialization.from_bytes(template, payload)
+    except Exception as e:  # msgpack raises several types on bad bytes
+        raise CorruptCacheError(f"cannot decode {PARAMS_FILE} ({e})") from e
+    shapes = jax.tree.map(lambda a: np.shape(a), params)
+    if shapes != jax.tree.map(lambda a: a.shape, template):
+        raise CorruptCacheError("parameter shapes differ from the settings' networks")
+    return Attacker(
+        settings, params["identity"], params["attributes"], info["threshold"], info.get("info")
+    )
+
+
+def _abstract_params(settings) -> dict:
+    def init():
+        key = jax.random.key(0)
+        identity = attacker_training.identity_network(settings)
+        attribute = attacker_training.attribute_network(settings)
+        shape = (1, settings.attribute_input_size, settings.attribute_input_size, 3)
+        return {
+            "identity": identity.init(key, jnp.zeros(shape)),
+            "attributes": attribute.init(key, jnp.zeros(shape)),
+        }
+
+    return jax.eval_shape(init)
+
+
+def get_attacker(config, workdir: str) -> Attacker:
+    """The workdir's attacker: loaded from `<workdir>/eval/attacker/`, else trained there.
+
+    A cache that is unreadable, altered, or made with other settings or data is not used:
+    a warning says why, and the attacker is trained again and the cache replaced.
+    """
+    settings = settings_from_config(config)
+    directory = os.path.join(workdir, "eval", "attacker")
+    fingerprint = {
+        "format": CACHE_FORMAT,
+        "settings": settings.to_dict(),
+        "data": _data_fingerprint(config),
+    }
+    if os.path.exists(os.path.join(directory, INFO_FILE)):
+        try:
+            attacker = _load(directory, settings, fingerprint)
+            log.info("Loaded the attacker from %s (threshold %.4f)", directory, attacker.threshold)
+            return attacker
+        except CorruptCacheError as e:
+            log.warning("Not using the cached attacker in %s: %s. Training it again.", directory, e)
+    train = load_train_images(config, workdir, settings.attribute_input_size)
+    attacker = train_attacker(train, settings)
+    if jax.process_index() == 0:
+        _save(attacker, directory, fingerprint)
+    return attacker

@@ -1,0 +1,224 @@
+"""The independent attacker: its losses, colour augmentation, training, cache and API."""
+
+import json
+import logging
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from sdn_jax.data import attributes as attr_lib
+from sdn_jax.data import synth_faces
+from sdn_jax.evaluation import attacker as attacker_lib
+from sdn_jax.evaluation import attacker_training, metrics
+
+
+def tiny_settings(**overrides):
+    """Small networks at 32 px: seconds of training on 2 CPU cores."""
+    settings = attacker_lib.default_settings()
+    settings.update(
+        dict(
+            input_size=32,
+            widths=(16, 32, 64),
+            num_steps=150,
+            people_per_batch=8,
+            photos_per_person=4,
+            attribute_input_size=32,
+            attribute_widths=(16, 32, 64),
+            attribute_steps=150,
+            attribute_batch_size=32,
+            calibration_people=4,
+            log_every_steps=50,
+            batch_size=64,
+        )
+    )
+    settings.update(overrides)
+    return settings
+
+
+def test_prototype_cosface_loss_on_hand_made_embeddings():
+    # Three people, two photos each, each person along its own axis: perfectly separated.
+    e = jnp.repeat(jnp.eye(3), 2, axis=0)
+    loss, accuracy = attacker_training.prototype_cosface_loss(e, 3, margin=0.2, scale=2.0)
+    assert accuracy == 1.0
+    # Own cosine 1 - margin vs two others at 0: -log(e^1.6 / (e^1.6 + 2)).
+    np.testing.assert_allclose(loss, np.log1p(2 * np.exp(-2 * 0.8)), rtol=1e-5)
+    # Swap one photo of person 0 with one of person 1: their photos now look alike.
+    mixed = e[jnp.array([0, 2, 1, 3, 4, 5])]
+    mixed_loss, mixed_accuracy = attacker_training.prototype_cosface_loss(mixed, 3, 0.2, 16.0)
+    assert mixed_loss > 5.0 and mixed_accuracy < 1.0
+
+
+def test_recolour_keeps_range_and_shape_and_can_be_off():
+    images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (16, 32, 32, 3)), jnp.float32)
+    key = jax.random.key(0)
+    np.testing.assert_allclose(attacker_training.recolour(key, images, 0.0), images, atol=1e-6)
+    changed = attacker_training.recolour(key, images, 1.0)
+    assert changed.shape == images.shape
+    assert float(changed.min()) >= -1.0 - 1e-6 and float(changed.max()) <= 1.0 + 1e-6
+    per_image = jnp.abs(changed - images).mean(axis=(1, 2, 3))
+    assert float(per_image.min()) > 0.01  # every image recoloured
+    # A retint moves colours, not edges: the images stay aligned with their originals.
+    grey = lambda x: x.mean(-1)
+    assert float(jnp.corrcoef(grey(changed).ravel(), grey(images).ravel())[0, 1]) > 0.2
+
+
+def render_split(people, photos, size=32):
+    identities = np.repeat(np.arange(people), photos)
+    photo_numbers = np.tile(np.arange(photos), people)
+    images, attributes = synth_faces.render_faces(identities, photo_numbers, size)
+    return images, identities, attributes, photo_numbers
+
+
+@pytest.fixture(scope="module")
+def tiny_attacker():
+    """An attacker trained on 20 synthetic people (12 photos each, 32 px) and their photos."""
+    images, identities, attributes, photo_numbers = render_split(20, 16)
+    seen = photo_numbers < 12
+    settings = tiny_settings()
+    train = {"images": images[seen], "identities": identities[seen], "attributes": attributes[seen]}
+    attacker = attacker_lib.train_attacker(train, settings)
+    return attacker, images, identities, attributes, ~seen
+
+
+def test_attacker_recognizes_people_in_new_photos(tiny_attacker):
+    attacker, images, identities, _, held_out = tiny_attacker
+    embeddings = attacker.embed(attacker_training.to_float(images))
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-4)
+    # Identification of the 16 trained people (4 were held out for the threshold) from
+    # photos it never saw, by the nearest mean embedding of their training photos.
+    trained = np.arange(16)
+    means = np.stack([embeddings[~held_out & (identities == p)].mean(0) for p in trained])
+    probes = held_out & (identities < 16)
+    predicted = trained[np.argmax(embeddings[probes] @ means.T, axis=1)]
+    accuracy = np.mean(predicted == identities[probes])
+    assert accuracy >= 0.5, accuracy  # chance: 1/16
+    positives, negatives = metrics.verification_pairs(embeddings[held_out], identities[held_out])
+    assert positives.mean() > negatives.mean() + 0.3
+    # The stored threshold was fixed on the held-out people's photos at 1% FAR.
+    assert attacker.info["calibration_far"] <= 0.01
+    assert -1.0 <= attacker.threshold <= 1.0
+
+
+def test_attacker_attributes_beat_the_majority_guess(tiny_attacker):
+    attacker, images, _, attributes, held_out = tiny_attacker
+    probabilities = attacker.attributes(attacker_training.to_float(images[held_out]))
+    assert probabilities.shape == (held_out.sum(), attr_lib.NUM_ATTRIBUTES)
+    assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
+    truth = attributes[held_out]
+    varied = truth.any(0) & ~truth.all(0)  # attributes that vary among these photos
+    accuracy = ((probabilities > 0.5) == truth).mean(0)[varied]
+    majority = np.maximum(truth.mean(0), 1 - truth.mean(0))[varied]
+    assert accuracy.mean() > majority.mean() + 0.03, (accuracy.mean(), majority.mean())
+
+
+def test_embed_does_not_depend_on_the_batch(tiny_attacker):
+    attacker, images, *_ = tiny_attacker
+    x = attacker_training.to_float(images[:70])  # more than one batch of 64, padded
+    together = attacker.embed(x)
+    np.testing.assert_allclose(attacker.embed(x[65:67]), together[65:67], atol=1e-5)
+    same = attacker.same_person(together[:3], together[:3])
+    assert same.dtype == bool and same.all()
+
+
+@pytest.fixture(scope="module")
+def tiny_workdir(tmp_path_factory):
+    """configs/tiny.py with its synthetic data prepared under a temporary folder."""
+    base = tmp_path_factory.mktemp("attacker_cache")
+    config = tiny.get_config()
+    config.data.data_dir = str(base / "tfds")
+    config.eval.attacker = tiny_settings(num_steps=20, attribute_steps=10, photos_per_person=3)
+    return config, str(base / "run")
+
+
+def test_get_attacker_trains_once_then_loads_from_the_cache(tiny_workdir, caplog):
+    config, workdir = tiny_workdir
+    caplog.set_level(logging.INFO, logger="sdn_jax")
+    first = attacker_lib.get_attacker(config, workdir)
+    cache = os.path.join(workdir, "eval", "attacker")
+    assert sorted(os.listdir(cache)) == ["attacker.json", "params.msgpack"]
+    assert "Training the attacker" in caplog.text
+    caplog.clear()
+    second = attacker_lib.get_attacker(config, workdir)
+    assert "Training the attacker" not in caplog.text and "Loaded the attacker" in caplog.text
+    assert second.threshold == first.threshold
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(second.embed(x), first.embed(x))
+    np.testing.assert_array_equal(second.attributes(x), first.attributes(x))
+
+
+def corrupt_params(cache):
+    path = os.path.join(cache, "params.msgpack")
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+
+
+def truncate_info(cache):
+    path = os.path.join(cache, "attacker.json")
+    open(path, "w").write(open(path).read()[:20])
+
+
+def cache_fingerprint(config):
+    return {
+        "format": attacker_lib.CACHE_FORMAT,
+        "settings": attacker_lib.settings_from_config(config).to_dict(),
+        "data": attacker_lib._data_fingerprint(config),
+    }
+
+
+@pytest.mark.parametrize(
+    "damage,reason",
+    [(corrupt_params, "does not match the hash"), (truncate_info, "unreadable")],
+)
+def test_a_damaged_cache_is_refused(tiny_workdir, tmp_path, damage, reason):
+    config, workdir = tiny_workdir
+    attacker_lib.get_attacker(config, workdir)
+    cache = tmp_path / "attacker"
+    shutil.copytree(os.path.join(workdir, "eval", "attacker"), cache)
+    settings = attacker_lib.settings_from_config(config)
+    attacker_lib._load(str(cache), settings, cache_fingerprint(config))  # sound before
+    damage(str(cache))
+    with pytest.raises(attacker_lib.CorruptCacheError, match=reason):
+        attacker_lib._load(str(cache), settings, cache_fingerprint(config))
+
+
+def test_other_settings_or_data_are_not_served_from_the_cache(tiny_workdir):
+    config, workdir = tiny_workdir
+    attacker_lib.get_attacker(config, workdir)
+    cache = os.path.join(workdir, "eval", "attacker")
+    other_settings = config.copy_and_resolve_references()
+    other_settings.eval.attacker.margin = 0.3
+    other_data = config.copy_and_resolve_references()
+    other_data.data.dataset_seed = 1
+    for changed in (other_settings, other_data):
+        settings = attacker_lib.settings_from_config(changed)
+        with pytest.raises(attacker_lib.CorruptCacheError, match="trained with other"):
+            attacker_lib._load(cache, settings, cache_fingerprint(changed))
+
+
+def test_get_attacker_retrains_over_a_damaged_cache_with_a_warning(tiny_workdir, caplog):
+    config, workdir = tiny_workdir
+    attacker_lib.get_attacker(config, workdir)
+    cache = os.path.join(workdir, "eval", "attacker")
+    corrupt_params(cache)
+    caplog.set_level(logging.INFO, logger="sdn_jax")
+    attacker = attacker_lib.get_attacker(config, workdir)
+    assert "Not using the cached attacker" in caplog.text and "Training the attacker" in caplog.text
+    # The cache was replaced by a sound one.
+    with open(os.path.join(cache, "attacker.json")) as f:
+        assert json.load(f)["threshold"] == attacker.threshold
+    caplog.clear()
+    attacker_lib.get_attacker(config, workdir)
+    assert "Loaded the attacker" in caplog.text
+
+
+def test_settings_from_config_rejects_unknown_fields():
+    config = tiny.get_config()
+    config.eval.attacker = {"no_such_field": 1}
+    with pytest.raises(ValueError, match="no_such_field"):
+        attacker_lib.settings_from_config(config)
