@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
@@ -163,7 +164,86 @@ def anonymize(config: ml_collections.ConfigDict, options: Options) -> dict:
     }
 
 
+def _peak_flops_per_s(options: Options, size: int = 2048) -> float:
+    """Measured float32 matmul FLOP/s on the default device: the denominator of MFU when
+    the device's datasheet peak is not known (a CPU's is not)."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    count, seconds = _timed(lambda: matmul(a).block_until_ready(), options)
+    return 2.0 * size**3 * count / seconds
+
+
+def train_step(config: ml_collections.ConfigDict, options: Options) -> dict:
+    """Full SDN train steps per second (every network updated; the classifier warm-up
+    steps are not timed) on random images, with XLA's FLOP count of the compiled step."""
+    from sdn_jax import sharding, steps
+    from sdn_jax import state as state_lib
+
+    batch_size = config.train.global_batch_size
+    size = config.data.image_size
+    num_identities = config.data.get("num_train_identities", 1000)
+    networks = state_lib.build_networks(config, num_identities)
+    optimizers = state_lib.build_optimizers(config)
+    init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch_size(batch_size, mesh)
+    create = lambda: state_lib.create_state(init_rng, networks, optimizers, config)
+    state_sharding = sharding.state_shardings(jax.eval_shape(create), mesh)
+    batch_sharding = sharding.batch_sharding(mesh)
+    state = jax.jit(create, out_shardings=state_sharding)()
+    rng = np.random.default_rng(0)
+    group = max(1, config.data.get("photos_per_person_in_batch", 1))
+    batch = sharding.global_batch(
+        {
+            "image": rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32),
+            "identity": (np.arange(batch_size) // group).astype(np.int32),
+            "attributes": rng.random((batch_size, 40)) < 0.5,
+        },
+        batch_sharding,
+    )
+    step_fn = jax.jit(
+        steps.make_train_step(networks, optimizers, config, step_rng),
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+    _log(f"train_step: compiling ({size}px, global batch {batch_size})")
+    start = time.perf_counter()
+    compiled = step_fn.lower(state, batch).compile()
+    compile_seconds = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops_per_step = float(cost.get("flops", float("nan")))
+    holder = [state]
+
+    def one_step():
+        holder[0], metrics = compiled(holder[0], batch)
+        jax.block_until_ready(metrics)
+
+    _log("train_step: timing")
+    count, seconds = _timed(one_step, options)
+    _log("train_step: measuring the peak (float32 matmul)")
+    peak = _peak_flops_per_s(options)
+    achieved = flops_per_step * count / seconds
+    return {
+        "images_per_s": count * batch_size / seconds,
+        "steps_per_s": count / seconds,
+        "flops_per_image": flops_per_step / batch_size,
+        "achieved_flops_per_s": achieved,
+        "peak_flops_per_s": peak,
+        "peak_source": "measured float32 2048x2048 matmul",
+        "mfu": achieved / peak,
+        "compile_seconds": compile_seconds,
+        "global_batch_size": batch_size,
+        "image_size": size,
+        "num_steps": count,
+        "seconds": seconds,
+    }
+
+
 SECTIONS: dict[str, Callable[[ml_collections.ConfigDict, Options], dict]] = {
+    "train_step": train_step,
     "input_pipeline": input_pipeline,
     "synth_faces_renderer": synth_faces_renderer,
     "anonymize": anonymize,
@@ -193,7 +273,10 @@ def format_table(results: dict) -> str:
     for section, values in results.items():
         if isinstance(values, dict):
             for key, value in values.items():
-                shown = f"{value:,.1f}" if isinstance(value, float) else str(value)
+                if isinstance(value, float):
+                    shown = f"{value:.3g}" if abs(value) < 10 else f"{value:,.1f}"
+                else:
+                    shown = str(value)
                 lines.append(f"{section:<16} {key:<20} {shown:>14}")
     return "\n".join(lines)
 
