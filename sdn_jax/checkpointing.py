@@ -146,7 +146,7 @@ class Checkpointer:
         `NoValidCheckpointError` is raised.
         """
         self.wait_until_finished()  # A save still in flight is not in `all_steps()` yet.
-        _silence_failed_restore_noise()  # Before any try: the noise can beat the except.
+        silence_failed_restore_noise()  # Before any try: the noise can beat the except.
         failed = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
@@ -238,7 +238,7 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def _silence_failed_restore_noise() -> None:
+def silence_failed_restore_noise() -> None:
     """Drops the leftovers of a failed restore that tensorstore and asyncio print later.
 
     When one array read fails, Orbax's asyncio loop ends while tensorstore's other reads

@@ -31,7 +31,7 @@ import orbax.checkpoint as ocp
 from sdn_jax import keys
 from sdn_jax import state as state_lib
 from sdn_jax.checkpointing import STATE
-from sdn_jax.checkpointing import _silence_failed_restore_noise as silence_restore_noise
+from sdn_jax.checkpointing import silence_failed_restore_noise as silence_restore_noise
 
 DEFAULT_BATCH_SIZE = 16
 CONFIG_FILE = "config.json"
