@@ -193,7 +193,7 @@ def test_a_changed_state_structure_is_not_taken_for_corruption(tmp_path):
 def test_only_the_failed_restore_noise_is_dropped(monkeypatch, caplog):
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
-    checkpointing._silence_failed_restore_noise()
+    checkpointing.silence_failed_restore_noise()
     loop = asyncio.new_event_loop()
     loop.close()
     with pytest.raises(RuntimeError) as closed:  # What tensorstore's late callbacks hit.
