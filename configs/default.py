@@ -117,4 +117,7 @@ def get_config() -> ml_collections.ConfigDict:
     evaluation.split = "test"  # people never seen in training
     evaluation.num_images = 512
     evaluation.batch_size = 64
+    # After training (and with --mode evaluate): the independent attacker's evaluation,
+    # eval/report.json and report.md (sdn_jax/evaluation/evaluate.py).
+    evaluation.full_report = True
     return config

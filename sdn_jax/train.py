@@ -316,13 +316,24 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _independent_evaluation(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
+    """eval/report.json and report.md (sdn_jax.evaluation.evaluate), unless switched off
+    with `config.eval.full_report = False` (the tiny test runs)."""
+    if config.eval.get("full_report", True):
+        from sdn_jax.evaluation import evaluate  # noqa: PLC0415 (heavy; not every run needs it)
+
+        evaluate.evaluate_run(config, workdir, step=step)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     trainer = Trainer(config, workdir)
     try:
         state = trainer.train()
-        return trainer.evaluate(state)
+        summary = trainer.evaluate(state)
     finally:
         trainer.close()
+    _independent_evaluation(config, workdir, int(state.step))
+    return summary
 
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -331,6 +342,8 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
         restored = trainer.checkpointer.restore_latest(trainer.abstract_state)
         if restored is None:
             raise FileNotFoundError(f"No checkpoint to evaluate in {workdir}/checkpoints")
-        return trainer.evaluate(restored.state)
+        summary = trainer.evaluate(restored.state)
     finally:
         trainer.close()
+    _independent_evaluation(config, workdir, int(restored.step))
+    return summary

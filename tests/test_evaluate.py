@@ -1,0 +1,100 @@
+"""The evaluation driver: probe/reference pairs, per-face keys, the edge-map attack, and
+the whole report on a tiny trained run with a small attacker."""
+
+import json
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from sdn_jax import keys
+from sdn_jax.evaluation import evaluate
+
+
+def _record(person: int, photo: int) -> dict:
+    image = np.full((8, 8, 3), 10 * person + photo, np.uint8)
+    return {"image": image, "identity": np.int32(person), "attributes": np.zeros(40, bool)}
+
+
+def test_probes_and_references_pair_each_probe_with_another_photo_of_its_person():
+    # People 0-3 with 4, 1, 3 and 3 photos, records interleaved.
+    records = [_record(p, k) for k in range(4) for p in range(4) if (p, k) != (1, 1)]
+    records = [r for r in records if not (r["identity"] == 1 and r["image"][0, 0, 0] % 10 > 0)]
+    records = [
+        r for r in records if not (r["identity"] in (2, 3) and r["image"][0, 0, 0] % 10 == 3)
+    ]
+    data = evaluate.probes_and_references(records, max_people=10, probes_per_person=2)
+    # Person 1 (one photo) is skipped; the others give 2 probes each.
+    assert data["identities"].tolist() == [0, 0, 2, 2, 3, 3]
+    as_uint8 = lambda x: np.round((x[:, 0, 0, 0] + 1) * 127.5).astype(int)
+    probes, references = as_uint8(data["probes"]), as_uint8(data["references"])
+    assert (probes // 10 == data["identities"]).all() and (references // 10 == probes // 10).all()
+    assert (probes != references).all()  # never the probe photo itself
+    capped = evaluate.probes_and_references(records, max_people=2, probes_per_person=2)
+    assert capped["identities"].tolist() == [0, 0, 2, 2]
+    with pytest.raises(ValueError, match="has 5 photos"):
+        evaluate.probes_and_references(records, max_people=10, probes_per_person=4)
+
+
+def test_face_keys_wrong_keys_differ_as_stated():
+    config = tiny.get_config()
+    key = evaluate.face_keys(50, config)
+    assert key["password"].shape == (50, config.model.password_bits)
+    assert (np.abs(key["wrong_password"] - key["password"]).sum(1) > 0).all()
+    flipped = (key["wrong_attributes"] != key["attributes"]).sum(1)
+    assert (flipped == 1).all()
+    assert (np.abs(key["password2"] - key["password"]).sum(1) > 0).mean() > 0.9
+    again = evaluate.face_keys(50, config)
+    np.testing.assert_array_equal(again["password"], key["password"])  # fixed keys
+    assert set(np.unique(key["password"])) <= {keys.ANONYMIZE, keys.RECOVER}
+
+
+def test_edge_map_linkage_catches_recoloured_copies_and_not_other_faces():
+    rng = np.random.default_rng(0)
+    faces = rng.uniform(-1, 1, (32, 16, 16, 3)).astype(np.float32)
+    faces = np.cumsum(faces, axis=1) / 4  # smooth-ish structure with distinct edges
+    faces = np.clip(faces, -1, 1)
+    tinted = np.clip(faces * np.array([0.6, 1.1, 0.8]) + 0.1, -1, 1)
+    assert evaluate.edge_map_linkage(tinted, faces) == 1.0
+    others = rng.permutation(32)
+    assert evaluate.edge_map_linkage(faces[others], faces) < 0.2
+
+
+def _fake_report(num_images=10) -> dict:
+    entry = lambda: {
+        "identity_match_rate": 0.5,
+        "identity_similarity": {"mean": 0.1, "worst_decile": 0.3},
+        "fraction_failing": 0.5,
+        "psnr": 25.0,
+        "ssim": 0.8,
+        "psnr_distribution": {"mean": 25.0, "worst_decile": 20.0},
+        "ssim_distribution": {"mean": 0.8, "worst_decile": 0.6},
+        "fraction_within_4db_of_right_key": 0.1,
+    }
+    report = {name: entry() for name in evaluate.OUTPUTS}
+    report["original"] = {
+        "identity_match_rate": 0.95,
+        "fraction_failing": 0.05,
+        "attribute_accuracy": 0.9,
+    }
+    report["anonymized"].update(
+        attribute_accuracy=0.7,
+        attribute_accuracy_per_attribute={"Smiling": 0.6, "Eyeglasses": 0.8},
+        fd_attacker=0.25,
+        identity_distance_to_original=0.9,
+        diversity=0.4,
+        edge_map_linkage=0.05,
+    )
+    report.update(step=7, split="test", num_images=num_images, num_people=5, seconds=12.0)
+    report["attacker"] = {"threshold": 0.42, "far": 0.01}
+    return report
+
+
+def test_report_markdown_shows_every_output_and_the_paper_beside_ours():
+    text = evaluate.report_markdown(_fake_report())
+    for name in ("original", *evaluate.OUTPUTS):
+        assert f"| {name} |" in text
+    assert "28.91" in text and "0.96" in text  # the paper's recovery PSNR and SSIM
+    assert "not FID" in text and "Smiling 0.60" in text
+    assert "Evaluation at step 7" in text and "0.420" in text
+    json.dumps(_fake_report())  # the report is plain JSON
