@@ -1,0 +1,536 @@
+"""Security studies: how recovery fails under wrong keys and survives lossy copies.
+
+SDN's promise is a cliff: the right key gives the face back, a key one bit off gives
+someone else. For each studied face (its own seeded random right key) this measures,
+against the original photo and the attacker's recognizer (verification against another
+photo of the person at the attacker's fixed 1%-false-accept threshold):
+
+* `hamming`: recovery with passwords 0, 1, 2, 4, 8, 16 and K/2 bits away from the right
+  one (exactly that many bits flipped per face), the right attribute choices;
+* `attribute_flips`: the right password with one key attribute flipped, per attribute;
+* `random_key_attack`: an attacker trying N random keys (password and attributes) per
+  face and keeping the best recovery (highest PSNR; highest similarity);
+* `recompression`: the right key on copies of the anonymized image: PNG (lossless),
+  JPEG at each quality (Pillow's encoder, its default 4:2:0 chroma subsampling) and a
+  2x down-up resize (Pillow, bicubic both ways);
+* the key space in bits and the scrypt KDF's seconds per passphrase guess.
+
+Every recovery starts from the right key's anonymized image as an 8-bit PNG holds it
+(what a user stores). Per-face distributions, not only means: each row has PSNR's 10th
+and 90th percentiles, its `psnr_worst_decile` (the 90th percentile for wrong keys: the
+tenth of faces a wrong key brings closest back; the 10th for the right key: the tenth
+recovered worst) and `fraction_failing`: for a wrong key the faces it gives back (within
+4 dB (WITHIN_DB) of the right key's PSNR, or verified as the person); for the right key the
+faces it loses (not verified, or more than 4 dB below the lossless recovery).
+"""
+
+import dataclasses
+import functools
+import io
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging as log
+from PIL import Image
+
+from sdn_jax import inference, keys
+from sdn_jax.evaluation import metrics
+from sdn_jax.state import apply
+
+GOAL_FRACTION = 0.95  # one wrong bit must fail verification for at least this share
+WITHIN_DB = 4.0  # a wrong key this close to the right key's PSNR gave the face back
+MAX_PSNR = 100.0  # PSNR of identical images is infinite; JSON needs a number
+YEAR = 365.25 * 24 * 3600  # seconds
+
+
+def default_settings() -> ml_collections.ConfigDict:
+    """The study's settings; sized for about a minute at 64 px on 2 CPU cores."""
+    s = ml_collections.ConfigDict()
+    s.seed = 20250303  # the faces' right keys and every wrong key derive from it
+    s.num_faces = 128  # the first faces given are studied (all, if fewer)
+    # Wrong-password distances in bits; 0 (the right key), 1 and K/2 are always added,
+    # distances above K left out.
+    s.hamming_distances = (0, 1, 2, 4, 8, 16)
+    s.num_random_keys = 1000  # keys tried per face by the best-of-N attack
+    s.random_attack_faces = 16  # the first faces studied are attacked
+    s.jpeg_qualities = (95, 75)
+    s.resize_factor = 2  # down by this factor and back up
+    s.batch_size = 64  # faces per compiled call
+    s.keys_per_call = 250  # random keys per compiled call (one face each)
+    s.kdf_repeats = 3  # scrypt timings; the fastest counts
+    return s
+
+
+def settings_from_config(config, overrides=None) -> ml_collections.ConfigDict:
+    """default_settings() updated with `config.eval.security`, then with `overrides`."""
+    settings = default_settings()
+    from_config = config.get("eval", {}).get("security", None)
+    for source, name in ((from_config, "config.eval.security"), (overrides, "settings")):
+        if source is None:
+            continue
+        source = source.to_dict() if hasattr(source, "to_dict") else dict(source)
+        unknown = set(source) - set(settings.keys())
+        if unknown:
+            raise ValueError(f"Unknown {name} fields: {sorted(unknown)}")
+        settings.update(source)
+    if settings.num_faces < 1 or settings.num_random_keys < 1 or settings.keys_per_call < 1:
+        raise ValueError("num_faces, num_random_keys and keys_per_call must be positive")
+    return settings
+
+
+# ------------------------------------------------------------------------------ keys
+
+
+def right_keys(rng, num_faces: int, config) -> tuple[np.ndarray, np.ndarray]:
+    """One random (password, attributes) per face, {-0.5, +0.5}."""
+    rng_p, rng_a = jax.random.split(rng)
+    password = keys.random_passwords(rng_p, num_faces, config.model.password_bits)
+    attributes = keys.random_attributes(rng_a, num_faces, len(config.model.key_attributes))
+    return np.asarray(password), np.asarray(attributes)
+
+
+def hamming_distances(settings, password_bits: int) -> list[int]:
+    """The studied distances: the settings' plus 0, 1 and K/2, at most K, ascending."""
+    wanted = {int(d) for d in settings.hamming_distances} | {0, 1, password_bits // 2}
+    if min(wanted) < 0:
+        raise ValueError(f"hamming_distances must be >= 0, got {sorted(wanted)}")
+    return sorted(d for d in wanted if d <= password_bits)
+
+
+def password_at_distance(rng, password: np.ndarray, distance: int) -> np.ndarray:
+    """Each row of `password` with exactly `distance` distinct random bits flipped."""
+    return np.asarray(keys.flip_bits(rng, jnp.asarray(password), int(distance)))
+
+
+def attribute_flipped(attributes: np.ndarray, index: int) -> np.ndarray:
+    """The attribute choices with key attribute `index` flipped in every row."""
+    flipped = np.array(attributes, np.float32, copy=True)
+    flipped[:, index] = -flipped[:, index]
+    return flipped
+
+
+def random_attack_keys(rng, password: np.ndarray, count: int, num_attributes: int):
+    """`count` uniform random keys for one face; the password never the right one."""
+    rng_p, rng_a = jax.random.split(rng)
+    right = jnp.broadcast_to(jnp.asarray(password), (count, password.shape[-1]))
+    wrong = keys.wrong_passwords(rng_p, right, few_bits_fraction=0.0)  # all uniform
+    return np.asarray(wrong), np.asarray(keys.random_attributes(rng_a, count, num_attributes))
+
+
+# ------------------------------------------------------------------- SDN passes
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _generate(encoder, decoder, params, images, direction, password, attributes):
+    """G(E(x)) with a key of its own per row."""
+    condition = keys.condition_vector(direction, password, attributes)
+    return inference.generate({"encoder": encoder, "decoder": decoder}, params, images, condition)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _recover_one_many_keys(encoder, decoder, params, image, password, attributes):
+    """One anonymized image (1, S, S, 3) recovered under every row's key; E runs once."""
+    latent = apply(encoder, params["encoder"], image)
+    n = password.shape[0]
+    latent = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape[1:])), latent)
+    condition = keys.condition_vector(keys.RECOVER, password, attributes)
+    inputs = jnp.broadcast_to(image, (n, *image.shape[1:]))
+    return apply(decoder, params["decoder"], latent, condition, inputs)
+
+
+def _padded(array: np.ndarray, size: int) -> np.ndarray:
+    """Rows padded with zeros to `size`: every call runs one compiled shape."""
+    pad = np.zeros((size - len(array), *array.shape[1:]), np.float32)
+    return np.concatenate([np.asarray(array, np.float32), pad])
+
+
+def transform(model, images, direction, password, attributes, batch_size: int) -> np.ndarray:
+    """Anonymize (keys.ANONYMIZE) or recover (keys.RECOVER) each row under its own key."""
+    networks, outputs = model.networks, []
+    for start in range(0, len(images), batch_size):
+        rows = slice(start, min(start + batch_size, len(images)))
+        x, p, a = (_padded(array[rows], batch_size) for array in (images, password, attributes))
+        out = _generate(
+            networks["encoder"], networks["decoder"], model.params, x, np.float32(direction), p, a
+        )
+        outputs.append(np.asarray(out)[: rows.stop - rows.start])
+    return np.concatenate(outputs)
+
+
+def recover_with_many_keys(model, image, password, attributes, keys_per_call: int):
+    """`image` (S, S, 3) recovered under each of the keys' rows: (num_keys, S, S, 3)."""
+    outputs = []
+    for start in range(0, len(password), keys_per_call):
+        stop = min(start + keys_per_call, len(password))
+        out = _recover_one_many_keys(
+            model.networks["encoder"], model.networks["decoder"], model.params,
+            np.asarray(image, np.float32)[None],
+            _padded(password[start:stop], keys_per_call),
+            _padded(attributes[start:stop], keys_per_call),
+        )  # fmt: skip
+        outputs.append(np.asarray(out)[: stop - start])
+    return np.concatenate(outputs)
+
+
+# ------------------------------------------------------------- copies of an image
+
+
+def to_uint8(images) -> np.ndarray:
+    """Float [-1, 1] -> uint8, as an 8-bit image file stores it."""
+    return np.clip(np.round((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def to_float(images) -> np.ndarray:
+    """uint8 -> float32 [-1, 1], as the input pipeline scales images."""
+    return np.asarray(images).astype(np.float32) / 127.5 - 1.0
+
+
+def _through_pillow(images: np.ndarray, save) -> np.ndarray:
+    """Each uint8 image saved to memory by `save(image, file)` and decoded again."""
+    copies = []
+    for image in images:
+        buffer = io.BytesIO()
+        save(Image.fromarray(image), buffer)
+        buffer.seek(0)
+        with Image.open(buffer) as decoded:
+            copies.append(np.asarray(decoded.convert("RGB")))
+    return np.stack(copies)
+
+
+def png_copies(images: np.ndarray) -> np.ndarray:
+    return _through_pillow(images, lambda im, f: im.save(f, format="PNG"))
+
+
+def jpeg_copies(images: np.ndarray, quality: int) -> np.ndarray:
+    """Pillow JPEG at `quality` (its default chroma subsampling, 4:2:0 below 100)."""
+    return _through_pillow(images, lambda im, f: im.save(f, format="JPEG", quality=int(quality)))
+
+
+def resized_copies(images: np.ndarray, factor: int) -> np.ndarray:
+    """Down by `factor` and back up, bicubic both ways (Pillow), as a site's thumbnail."""
+    size = images.shape[1]
+    small = max(1, size // int(factor))
+
+    def save(image, file):
+        bicubic = Image.Resampling.BICUBIC
+        image.resize((small, small), bicubic).resize((size, size), bicubic).save(file, "PNG")
+
+    return _through_pillow(images, save)
+
+
+# ---------------------------------------------------------------------- figures
+
+
+def _psnr(images, originals) -> np.ndarray:
+    """Per-image PSNR (dB) of [-1, 1] images on the [0, 1] scale, capped at MAX_PSNR."""
+    value = metrics.psnr((np.asarray(images) + 1) / 2, (np.asarray(originals) + 1) / 2)
+    return np.minimum(np.asarray(value, np.float64), MAX_PSNR)
+
+
+def outcome(images, originals, reference_embeddings, attacker) -> dict:
+    """Per-face PSNR, attacker similarity to the reference photo, and verification."""
+    embeddings = attacker.embed(images)
+    return {
+        "psnr": _psnr(images, originals),
+        "similarity": metrics.cosine_similarity(embeddings, reference_embeddings),
+        "linked": np.asarray(attacker.same_person(embeddings, reference_embeddings), bool),
+    }
+
+
+def figures(result: dict, right: dict, *, right_key: bool) -> dict:
+    """Means, per-face tails and failure shares of one row (see the module docstring)."""
+    psnr, similarity, linked = result["psnr"], result["similarity"], result["linked"]
+    p10, p90 = np.percentile(psnr, [10, 90])
+    s10, s90 = np.percentile(similarity, [10, 90])
+    within = psnr >= right["psnr"] - WITHIN_DB
+    failing = ~(linked & within) if right_key else linked | within
+    return {
+        "psnr_mean": float(np.mean(psnr)),
+        "psnr_p10": float(p10),
+        "psnr_p90": float(p90),
+        "psnr_worst_decile": float(p10 if right_key else p90),
+        "identity_match_rate": float(np.mean(linked)),
+        "similarity_mean": float(np.mean(similarity)),
+        "similarity_worst_decile": float(s10 if right_key else s90),
+        "fraction_within_4db_of_right_key": float(np.mean(within)),
+        "fraction_failing": float(np.mean(failing)),
+    }
+
+
+# ----------------------------------------------------------------------- studies
+
+
+@dataclasses.dataclass
+class _Faces:
+    """The studied faces, what every study scores against, and where it reports."""
+
+    model: object
+    attacker: object
+    originals: np.ndarray  # (n, S, S, 3) in [-1, 1]
+    references: np.ndarray  # attacker embeddings of the other photo of each person
+    stored: np.ndarray  # the right key's anonymized images, as a PNG holds them
+    password: np.ndarray
+    attributes: np.ndarray
+    batch_size: int
+    say: Callable
+    right: dict | None = None  # the right key's per-face outcome
+
+    def recover(self, anonymized, password, attributes) -> dict:
+        recovered = transform(
+            self.model, anonymized, keys.RECOVER, password, attributes, self.batch_size
+        )
+        return outcome(recovered, self.originals, self.references, self.attacker)
+
+
+def hamming_study(faces: _Faces, rng, distances) -> tuple[list, dict]:
+    """Rows of `hamming` and each distance's per-face outcome."""
+    rows, outcomes = [], {}
+    for d in distances:
+        wrong = password_at_distance(jax.random.fold_in(rng, d), faces.password, d)
+        outcomes[d] = faces.recover(faces.stored, wrong, faces.attributes)
+        row = {"bits": int(d), **figures(outcomes[d], faces.right, right_key=d == 0)}
+        rows.append(row)
+        faces.say("security: %d wrong password bits: PSNR %.2f dB, match rate %.3f",
+                  d, row["psnr_mean"], row["identity_match_rate"])  # fmt: skip
+    return rows, outcomes
+
+
+def attribute_study(faces: _Faces) -> dict:
+    """`attribute_flips`: the right password, one key attribute flipped."""
+    rows = {}
+    for index, name in enumerate(faces.model.config.model.key_attributes):
+        flipped = attribute_flipped(faces.attributes, index)
+        result = faces.recover(faces.stored, faces.password, flipped)
+        rows[name] = figures(result, faces.right, right_key=False)
+    faces.say("security: one key attribute flipped: match rates %s",
+              {n: round(r["identity_match_rate"], 3) for n, r in rows.items()})  # fmt: skip
+    return rows
+
+
+def recompression_study(faces: _Faces, settings) -> dict:
+    """`recompression`: the right key on lossless and lossy copies of the anonymized image."""
+    anonymized = to_uint8(faces.stored)
+    copies = {"png": png_copies(anonymized)}
+    for quality in settings.jpeg_qualities:
+        copies[f"jpeg{int(quality)}"] = jpeg_copies(anonymized, quality)
+    factor = int(settings.resize_factor)
+    copies[f"resize{factor}x"] = resized_copies(anonymized, factor)
+    rows = {}
+    for name, copy in copies.items():
+        result = faces.recover(to_float(copy), faces.password, faces.attributes)
+        rows[name] = figures(result, faces.right, right_key=True)
+        rows[name]["psnr_drop_mean"] = float(np.mean(faces.right["psnr"] - result["psnr"]))
+    faces.say("security: recovery from copies, PSNR %s",
+              {n: round(r["psnr_mean"], 2) for n, r in rows.items()})  # fmt: skip
+    return rows
+
+
+def random_key_attack(faces: _Faces, settings, rng) -> dict:
+    """`random_key_attack`: the best of N random keys per face, by PSNR and by similarity."""
+    count = min(int(settings.random_attack_faces), len(faces.stored))
+    n = int(settings.num_random_keys)
+    num_attributes = faces.attributes.shape[-1]
+    best_psnr, best_similarity, linked, keys_linked = (np.zeros(count) for _ in range(4))
+    start = time.perf_counter()
+    for i in range(count):
+        password, attributes = random_attack_keys(
+            jax.random.fold_in(rng, i), faces.password[i], n, num_attributes
+        )
+        recovered = recover_with_many_keys(
+            faces.model, faces.stored[i], password, attributes, settings.keys_per_call
+        )
+        original = np.broadcast_to(faces.originals[i], recovered.shape)
+        result = outcome(recovered, original, faces.references[[i] * n], faces.attacker)
+        best_psnr[i], best_similarity[i] = result["psnr"].max(), result["similarity"].max()
+        linked[i], keys_linked[i] = result["linked"].any(), result["linked"].mean()
+        if i == 0 or (i + 1) % max(1, count // 4) == 0:
+            elapsed = time.perf_counter() - start
+            faces.say("security: best of %d random keys, face %d/%d (%.0f s, about %.0f s left)",
+                      n, i + 1, count, elapsed, elapsed / (i + 1) * (count - i - 1))  # fmt: skip
+    seconds = time.perf_counter() - start
+    right_psnr, right_similarity = faces.right["psnr"][:count], faces.right["similarity"][:count]
+    within = best_psnr >= right_psnr - WITHIN_DB
+    return {
+        "num_keys": n,
+        "num_faces": count,
+        "best_psnr_mean": float(best_psnr.mean()),
+        "best_psnr_worst_decile": float(np.percentile(best_psnr, 90)),
+        "right_key_psnr_mean": float(right_psnr.mean()),
+        "best_similarity_mean": float(best_similarity.mean()),
+        "best_similarity_worst_decile": float(np.percentile(best_similarity, 90)),
+        "right_key_similarity_mean": float(right_similarity.mean()),
+        "fraction_faces_linked": float(linked.mean()),
+        "fraction_faces_within_4db_of_right_key": float(within.mean()),
+        "fraction_failing": float(np.mean((linked > 0) | within)),
+        "fraction_keys_linked": float(keys_linked.mean()),
+        "seconds_per_key": seconds / (count * n),
+    }
+
+
+def _check_inputs(model, images: np.ndarray, references: np.ndarray) -> None:
+    size = model.image_size
+    for name, array in (("images", images), ("references", references)):
+        if array.ndim != 4 or array.shape[1:] != (size, size, 3):
+            raise ValueError(f"{name} must be (N, {size}, {size}, 3), got {array.shape}")
+        if array.size and not (array.min() >= -1.0 and array.max() <= 1.0):
+            raise ValueError(f"{name} must be in [-1, 1]")
+    if len(images) != len(references) or not len(images):
+        raise ValueError(
+            f"need at least one image and one reference photo per image, got "
+            f"{len(images)} images and {len(references)} references"
+        )
+
+
+def _prepare(model, attacker, images, references, settings, rng, say) -> _Faces:
+    """The right keys, the anonymized faces as stored, and the right key's recovery."""
+    n = len(images)
+    password, attributes = right_keys(rng, n, model.config)
+    anonymized = transform(model, images, keys.ANONYMIZE, password, attributes, settings.batch_size)
+    faces = _Faces(
+        model=model, attacker=attacker, originals=images, references=attacker.embed(references),
+        stored=to_float(png_copies(to_uint8(anonymized))), password=password,
+        attributes=attributes, batch_size=int(settings.batch_size), say=say,
+    )  # fmt: skip
+    faces.right = faces.recover(faces.stored, password, attributes)
+    return faces
+
+
+def security_study(model, attacker, images, references, config, *, settings=None, progress=True):
+    """report.json's `security` section (module docstring) for `images` ((N, S, S, 3) in
+    [-1, 1], people never seen in training) and `references` (another photo of each).
+
+    `settings` (a mapping or ConfigDict) overrides default_settings() and config.eval.security.
+    """
+    settings = settings_from_config(config, settings)
+    images, references = np.asarray(images, np.float32), np.asarray(references, np.float32)
+    _check_inputs(model, images, references)
+    started, say = time.perf_counter(), log.info if progress else lambda *args: None
+    n = min(int(settings.num_faces), len(images))
+    k, num_attributes = int(model.config.model.password_bits), len(model.key_attributes)
+    say("security: %d faces, each with its own key (%d password bits, %d key attributes)",
+        n, k, num_attributes)  # fmt: skip
+    rng_right, rng_hamming, rng_attack = jax.random.split(jax.random.key(settings.seed), 3)
+    faces = _prepare(model, attacker, images[:n], references[:n], settings, rng_right, say)
+    anonymized = outcome(faces.stored, faces.originals, faces.references, attacker)
+    hamming, per_distance = hamming_study(faces, rng_hamming, hamming_distances(settings, k))
+    fraction = float(np.mean(~per_distance[1]["linked"]))
+    section = {
+        "num_faces": n,
+        "seed": int(settings.seed),
+        "key_space_bits": k + num_attributes,
+        "password_bits": k,
+        "attribute_bits": num_attributes,
+        "kdf_seconds_per_guess": keys.kdf_seconds_per_guess(settings.kdf_repeats),
+        "right_key": figures(faces.right, faces.right, right_key=True),
+        "anonymized": figures(anonymized, faces.right, right_key=False),
+        "hamming": hamming,
+        "attribute_flips": attribute_study(faces),
+        "recompression": recompression_study(faces, settings),
+        "random_key_attack": random_key_attack(faces, settings, rng_attack),
+        "goal_one_bit_fails_verification": {
+            "fraction": fraction,
+            "target": GOAL_FRACTION,
+            "met": bool(fraction >= GOAL_FRACTION),
+        },
+    }
+    # Raw key bits need no KDF: a brute force over them pays one SDN pass (and one
+    # recognizer pass) per key; expected over half the key space, on this machine.
+    seconds_per_key = section["random_key_attack"]["seconds_per_key"]
+    section["raw_key_search_years"] = 2.0 ** (k + num_attributes - 1) * seconds_per_key / YEAR
+    section["seconds"] = time.perf_counter() - started
+    say("security: one wrong bit fails verification for %.3f of faces (goal %.2f: %s); %.0f s",
+        fraction, GOAL_FRACTION, "met" if fraction >= GOAL_FRACTION else "NOT met",
+        section["seconds"])  # fmt: skip
+    return section
+
+
+# -------------------------------------------------------------------------- plot
+
+
+def _bars(ax, rows: dict, title: str) -> None:
+    """PSNR means with 10th-90th percentile whiskers; the match rate written on each bar."""
+    names = list(rows)
+    means = np.array([rows[n]["psnr_mean"] for n in names])
+    spread = np.array([[means[i] - rows[n]["psnr_p10"], rows[n]["psnr_p90"] - means[i]]
+                       for i, n in enumerate(names)]).T  # fmt: skip
+    ax.bar(names, means, yerr=np.maximum(spread, 0), capsize=3, color="tab:blue", alpha=0.7)
+    for i, name in enumerate(names):
+        ax.annotate(f"match {rows[name]['identity_match_rate']:.2f}", (i, means[i]),
+                    ha="center", va="bottom", fontsize=8, xytext=(0, 3),
+                    textcoords="offset points")  # fmt: skip
+    ax.set(title=title, ylabel="recovery PSNR (dB)")
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+
+
+def _reference_lines(ax, section: dict) -> None:
+    right, anonymized = section["right_key"]["psnr_mean"], section["anonymized"]["psnr_mean"]
+    ax.axhline(right, color="tab:green", label="right key")
+    ax.axhline(right - WITHIN_DB, color="tab:green", ls="--", label="right key - 4 dB")
+    ax.axhline(anonymized, color="grey", ls=":", label="anonymized image")
+
+
+def _hamming_panels(psnr_ax, match_ax, section: dict) -> None:
+    rows = section["hamming"]
+    x = np.arange(len(rows))
+    psnr_ax.plot(x, [r["psnr_mean"] for r in rows], "o-", label="mean")
+    psnr_ax.fill_between(x, [r["psnr_p10"] for r in rows], [r["psnr_p90"] for r in rows],
+                         alpha=0.25, label="10th-90th percentile")  # fmt: skip
+    _reference_lines(psnr_ax, section)
+    psnr_ax.set(title="Recovery vs wrong password bits", ylabel="PSNR vs original (dB)")
+    match_ax.plot(x, [r["identity_match_rate"] for r in rows], "o-", label="identity match rate")
+    failing = [r["fraction_failing"] for r in rows]
+    match_ax.plot(x, failing, "s--", label="faces failing (at 0 bits: the right key's)")
+    match_ax.axhline(1 - GOAL_FRACTION, color="tab:red", ls=":", label="goal at 1 bit (max)")
+    match_ax.set(title="Attacker verification vs wrong bits", ylabel="share of faces",
+                 ylim=(-0.02, 1.02))  # fmt: skip
+    for ax in (psnr_ax, match_ax):
+        ax.set_xticks(x, [str(r["bits"]) for r in rows])
+        ax.set_xlabel("Hamming distance to the right password (bits)")
+        ax.legend(fontsize=7)
+
+
+def _summary_text(ax, section: dict) -> None:
+    attack, goal = section["random_key_attack"], section["goal_one_bit_fails_verification"]
+    lines = [
+        f"faces studied: {section['num_faces']}",
+        f"key space: {section['key_space_bits']} bits "
+        f"({section['password_bits']} password + {section['attribute_bits']} attributes)",
+        f"scrypt KDF: {section['kdf_seconds_per_guess']:.3f} s per passphrase guess",
+        f"raw-key search: {section['raw_key_search_years']:.3g} years (this machine)",
+        f"best of {attack['num_keys']} random keys ({attack['num_faces']} faces):",
+        f"  PSNR {attack['best_psnr_mean']:.2f} dB vs right key "
+        f"{attack['right_key_psnr_mean']:.2f}",
+        f"  similarity {attack['best_similarity_mean']:.3f} vs right key "
+        f"{attack['right_key_similarity_mean']:.3f}",
+        f"  faces linked by some key: {attack['fraction_faces_linked']:.3f}",
+        f"one wrong bit fails verification: {goal['fraction']:.3f} "
+        f"(goal {goal['target']:.2f}: {'met' if goal['met'] else 'NOT met'})",
+    ]
+    ax.axis("off")
+    ax.text(0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=8)
+
+
+def plot_security(section: dict, path: str) -> None:
+    """The study as one PNG: Hamming curves, attribute flips, copies, attack summary."""
+    from matplotlib.figure import Figure  # noqa: PLC0415 (no pyplot: no global state)
+
+    figure = Figure(figsize=(15, 8.5), layout="constrained")
+    axes = figure.subplots(2, 3)
+    _hamming_panels(axes[0, 0], axes[0, 1], section)
+    _bars(axes[0, 2], section["attribute_flips"], "Right password, one key attribute flipped")
+    _reference_lines(axes[0, 2], section)
+    axes[0, 2].legend(fontsize=7, loc="lower right")
+    _bars(axes[1, 0], section["recompression"], "Right key on copies of the anonymized image")
+    attack = section["random_key_attack"]
+    axes[1, 1].bar(["right key", f"best of {attack['num_keys']}", "anonymized"],
+                   [attack["right_key_psnr_mean"], attack["best_psnr_mean"],
+                    section["anonymized"]["psnr_mean"]],
+                   color=["tab:green", "tab:red", "grey"])  # fmt: skip
+    axes[1, 1].set(title="Random-key attack (mean over faces)", ylabel="recovery PSNR (dB)")
+    _summary_text(axes[1, 2], section)
+    figure.suptitle("SDN security study")
+    figure.savefig(path, dpi=80)
