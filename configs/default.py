@@ -120,4 +120,14 @@ def get_config() -> ml_collections.ConfigDict:
     # After training (and with --mode evaluate): the independent attacker's evaluation,
     # eval/report.json and report.md (sdn_jax/evaluation/evaluate.py).
     evaluation.full_report = True
+    # Probe faces per split (each with its own random key) and a reference photo each.
+    evaluation.report = ml_collections.ConfigDict()
+    evaluation.report.max_people = 200  # the whole default test split
+    evaluation.report.probes_per_person = 2
+    evaluation.report.validation_people = 100  # known people; 0 skips the split
+    # The security study (sdn_jax/evaluation/security.py); the attack dominates its time.
+    evaluation.security = ml_collections.ConfigDict()
+    evaluation.security.num_faces = 128
+    evaluation.security.num_random_keys = 1000  # best-of-N random-key attack
+    evaluation.security.random_attack_faces = 16
     return config

@@ -418,6 +418,9 @@ def security_markdown(section: dict) -> str:
         f"Key space: {section['key_space_bits']} bits; KDF (scrypt) "
         f"{section['kdf_seconds_per_guess']:.3f} s per guess.",
         "",
+        "Worst decile: the 90th percentile of PSNR for wrong keys (the tenth of faces a "
+        "wrong key brings closest back), the 10th for the right key (row 0).",
+        "",
         "| wrong password bits | PSNR dB (worst decile) | identity match rate | "
         "within 4 dB of right key |",
         "| --- | --- | --- | --- |",
