@@ -164,11 +164,7 @@ def truncate_info(cache):
 
 
 def cache_fingerprint(config):
-    return {
-        "format": attacker_lib.CACHE_FORMAT,
-        "settings": attacker_lib.settings_from_config(config).to_dict(),
-        "data": attacker_lib._data_fingerprint(config),
-    }
+    return attacker_lib.cache_fingerprint(config, attacker_lib.settings_from_config(config))
 
 
 @pytest.mark.parametrize(
@@ -195,7 +191,9 @@ def test_other_settings_or_data_are_not_served_from_the_cache(tiny_workdir):
     other_settings.eval.attacker.margin = 0.3
     other_data = config.copy_and_resolve_references()
     other_data.data.dataset_seed = 1
-    for changed in (other_settings, other_data):
+    other_keys = config.copy_and_resolve_references()
+    other_keys.model.key_attributes = ("Smiling",)
+    for changed in (other_settings, other_data, other_keys):
         settings = attacker_lib.settings_from_config(changed)
         with pytest.raises(attacker_lib.CorruptCacheError, match="trained with other"):
             attacker_lib._load(cache, settings, cache_fingerprint(changed))

@@ -19,7 +19,9 @@ Everything random comes from `jax.random` keys derived from the attacker's own s
 batches are drawn inside the jitted step from the device-resident training set.
 """
 
+import functools
 import logging
+import resource
 import time
 
 import jax
@@ -126,6 +128,13 @@ def _optimizer(settings, steps: int) -> optax.GradientTransformation:
     return optax.adamw(schedule, weight_decay=settings.weight_decay)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads): on a shared machine, a fairer cost than wall
+    time, since XLA's threads wait for cores that other jobs hold."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _run(name: str, step_fn, params, opt_state, key, steps: int, log_every: int):
     """Runs `steps` jitted steps, logging loss, steps/s and ETA; returns the params."""
     start = time.time()
@@ -164,7 +173,7 @@ def train_identity(images: np.ndarray, identities: np.ndarray, settings, key: ja
     optimizer = _optimizer(settings, settings.num_steps)
 
     @jax.jit
-    def step(params, opt_state, key):
+    def step(params, opt_state, key, data):
         person_key, photo_key, colour_key = jax.random.split(key, 3)
         chosen = jax.random.choice(person_key, len(starts), (people,), replace=False)
         # K distinct photos per person: the first K of a random permutation of its photos
@@ -184,35 +193,46 @@ def train_identity(images: np.ndarray, identities: np.ndarray, settings, key: ja
         return optax.apply_updates(params, updates), opt_state, {"loss": loss, "acc": accuracy}
 
     return _run(
-        "identity", step, params, optimizer.init(params), key, settings.num_steps,
-        settings.log_every_steps,
+        "identity", functools.partial(step, data=data), params, optimizer.init(params), key,
+        settings.num_steps, settings.log_every_steps,
     )  # fmt: skip
 
 
-def train_attributes(images: np.ndarray, attributes: np.ndarray, settings, key: jax.Array):
-    """Attribute network params from uint8 images and bool attribute labels (N, 40)."""
+def train_attributes(
+    images: np.ndarray,
+    attributes: np.ndarray,
+    settings,
+    key: jax.Array,
+    weights: np.ndarray | None = None,
+):
+    """Attribute network params from uint8 images and bool attribute labels (N, 40).
+
+    weights: (40,) per-attribute loss weights (default 1): the attributes an anonymized face
+    is asked to show are weighted up, as they are what this network is used to check.
+    """
     model = attribute_network(settings)
     data, labels = jnp.asarray(images), jnp.asarray(attributes, jnp.float32)
+    weights = jnp.ones(labels.shape[1]) if weights is None else jnp.asarray(weights, jnp.float32)
     init_key, key = jax.random.split(key)
     params = model.init(init_key, to_float(data[:1]))
     optimizer = _optimizer(settings, settings.attribute_steps)
     batch = settings.attribute_batch_size
 
     @jax.jit
-    def step(params, opt_state, key):
+    def step(params, opt_state, key, data, labels):
         index = jax.random.randint(key, (batch,), 0, data.shape[0])
 
         def loss_fn(p):
             _, logits = model.apply(p, to_float(data[index]))
             # Summed over attributes: a mean over 40 (many never drawn) starved each one.
-            bce = optax.sigmoid_binary_cross_entropy(logits, labels[index]).sum(-1).mean()
-            return bce, jnp.mean((logits > 0) == (labels[index] > 0.5))
+            bce = optax.sigmoid_binary_cross_entropy(logits, labels[index]) @ weights
+            return bce.mean(), jnp.mean((logits > 0) == (labels[index] > 0.5))
 
         (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, {"loss": loss, "acc": accuracy}
 
     return _run(
-        "attributes", step, params, optimizer.init(params), key, settings.attribute_steps,
-        settings.log_every_steps,
+        "attributes", functools.partial(step, data=data, labels=labels), params,
+        optimizer.init(params), key, settings.attribute_steps, settings.log_every_steps,
     )  # fmt: skip
