@@ -123,6 +123,9 @@ def test_embed_does_not_depend_on_the_batch(tiny_attacker):
     np.testing.assert_allclose(attacker.embed(x[65:67]), together[65:67], atol=1e-5)
     same = attacker.same_person(together[:3], together[:3])
     assert same.dtype == bool and same.all()
+    assert attacker.embed(x[:0]).shape == (0, together.shape[1])
+    with pytest.raises(ValueError, match="images in"):
+        attacker.embed(x[0])
 
 
 @pytest.fixture(scope="module")

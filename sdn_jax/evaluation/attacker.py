@@ -59,7 +59,8 @@ def default_settings() -> ml_collections.ConfigDict:
     s.recolour_probability = 0.5
     s.learning_rate = 3e-3
     s.weight_decay = 5e-4
-    # Attribute network: its own Recognizer at the data's resolution.
+    # Attribute network: its own Recognizer at the default data's resolution (smiles and
+    # open mouths are a pixel or two at 32 px).
     s.attribute_input_size = 64
     s.attribute_widths = (16, 32, 64, 128)
     s.attribute_steps = 600
@@ -101,13 +102,13 @@ class Attacker:
         images = np.asarray(images, np.float32)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"Expected (N, H, W, 3) images in [-1, 1], got {images.shape}")
-        n, size = len(images), self.settings.batch_size
+        size = self.settings.batch_size
         outputs = []
-        for start in range(0, n, size):
+        for start in range(0, max(len(images), 1), size):  # an empty input: one padded batch
             chunk = images[start : start + size]
-            padded = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]))])
-            outputs.append(np.asarray(fn(params, jnp.asarray(padded, jnp.float32)))[: len(chunk)])
-        return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+            padding = np.zeros((size - len(chunk), *images.shape[1:]), np.float32)
+            outputs.append(np.asarray(fn(params, np.concatenate([chunk, padding])))[: len(chunk)])
+        return np.concatenate(outputs)
 
     def embed(self, images) -> np.ndarray:
         """(N, D) unit identity embeddings of float images in [-1, 1] (N, H, W, 3)."""

@@ -1,9 +1,12 @@
-"""The attacker's network: an identity embedding and attribute logits from one trunk.
+"""The attacker's network: a conv trunk with an identity-embedding and an attribute head.
 
-It is not SDN's classifier C: other widths, a flattened (position-keeping) head instead
-of average pooling, its own seed, trained only on original images. Flattening keeps
-where things are on the face (eye spacing, jaw, hairline), which is what still gives a
-person away when an anonymizer only recolours them; a pooled head would sum it away.
+The attacker trains two of them (attacker_training): a recognizer at 32 px that uses the
+embedding and an attribute classifier at the data's resolution that uses the logits; each
+leaves its other head untrained. It is not SDN's classifier C: other widths, a flattened
+(position-keeping) head instead of pooling, its own seed, trained only on original
+images. Flattening keeps where things are on the face (eye spacing, jaw, hairline), which
+is what still gives a person away when an anonymizer only recolours them; global mean
+pooling collapsed in a test run (docs/experiments.md).
 
 Inputs are images in [-1, 1] at any size; they are box-downsampled to `input_size`
 first, because a CPU budget buys many more training images at 32 px than at 64 px.
