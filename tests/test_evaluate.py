@@ -3,6 +3,7 @@ the whole report on a tiny trained run with a small attacker."""
 
 import json
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -26,14 +27,16 @@ def test_probes_and_references_pair_each_probe_with_another_photo_of_its_person(
     data = evaluate.probes_and_references(records, max_people=10, probes_per_person=2)
     # Person 1 (one photo) is skipped; the others give 2 probes each.
     assert data["identities"].tolist() == [0, 0, 2, 2, 3, 3]
+    fewer = evaluate.probes_and_references(records, max_people=10, probes_per_person=3)
+    assert fewer["identities"].tolist() == [0, 0, 0, 2, 2, 3, 3]  # 3 photos: 2 probes
     as_uint8 = lambda x: np.round((x[:, 0, 0, 0] + 1) * 127.5).astype(int)
     probes, references = as_uint8(data["probes"]), as_uint8(data["references"])
     assert (probes // 10 == data["identities"]).all() and (references // 10 == probes // 10).all()
     assert (probes != references).all()  # never the probe photo itself
     capped = evaluate.probes_and_references(records, max_people=2, probes_per_person=2)
     assert capped["identities"].tolist() == [0, 0, 2, 2]
-    with pytest.raises(ValueError, match="has 5 photos"):
-        evaluate.probes_and_references(records, max_people=10, probes_per_person=4)
+    with pytest.raises(ValueError, match="has 2 photos"):
+        evaluate.probes_and_references([_record(p, 0) for p in range(3)], 10, 2)
 
 
 def test_face_keys_wrong_keys_differ_as_stated():
@@ -98,3 +101,38 @@ def test_report_markdown_shows_every_output_and_the_paper_beside_ours():
     assert "not FID" in text and "Smiling 0.60" in text
     assert "Evaluation at step 7" in text and "0.420" in text
     json.dumps(_fake_report())  # the report is plain JSON
+
+
+def test_evaluate_run_writes_the_report_on_a_tiny_run(trained_run, tmp_path):
+    import shutil
+
+    from sdn_jax import inference
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = ml_collections.ConfigDict(inference.read_config(run / "config.json").to_dict())
+    config.eval.attacker = dict(
+        calibration_people=4, num_steps=30, attribute_steps=20, people_per_batch=4,
+        photos_per_person=2, input_size=32, attribute_input_size=32, log_every_steps=10,
+        batch_size=32,
+    )  # fmt: skip
+    config.eval.report = dict(max_people=4, probes_per_person=2, validation_people=3)
+    config.eval.security = dict(num_faces=4, num_random_keys=8, random_attack_faces=2)
+    report = evaluate.evaluate_run(config, str(run))
+    saved = json.loads((run / "eval" / "report.json").read_text())
+    assert saved["step"] == report["step"] == config.train.num_steps
+    assert saved["num_images"] == 8 and saved["num_people"] == 4 and saved["split"] == "test"
+    for name in ("original", *evaluate.OUTPUTS):
+        assert 0.0 <= saved[name]["identity_match_rate"] <= 1.0
+    for name in evaluate.OUTPUTS:
+        assert np.isfinite(saved[name]["psnr"]) and -1.0 <= saved[name]["ssim"] <= 1.0
+    assert 0.0 <= saved["anonymized"]["attribute_accuracy"] <= 1.0
+    assert saved["validation"]["num_people"] == 3 and saved["validation"]["num_images"] >= 3
+    assert saved["security"]["key_space_bits"] == config.model.password_bits + 2
+    markdown = (run / "eval" / "report.md").read_text()
+    assert f"Evaluation at step {saved['step']}" in markdown and "## Security" in markdown
+    assert (run / "eval" / "security.png").stat().st_size > 1000
+    # The attacker is cached: a second evaluation loads it instead of training again.
+    cached = (run / "eval" / "attacker").stat().st_mtime_ns
+    evaluate.evaluate_run(config, str(run))
+    assert (run / "eval" / "attacker").stat().st_mtime_ns == cached

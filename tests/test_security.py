@@ -18,7 +18,7 @@ from configs import tiny
 from sdn_jax import inference, keys
 from sdn_jax.data import synth_faces
 from sdn_jax.evaluation import attacker as attacker_lib
-from sdn_jax.evaluation import attacker_training, security
+from sdn_jax.evaluation import attacker_training, security, security_plot
 
 SMALL = dict(
     num_faces=12,
@@ -199,7 +199,7 @@ def test_lossy_copies_degrade_recovery(model, study):
 
 def test_plot_is_a_readable_png(study, tmp_path):
     path = tmp_path / "security.png"
-    security.plot_security(study[0], str(path))
+    security_plot.plot_security(study[0], str(path))
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size[0] > 600 and image.size[1] > 400
         assert np.asarray(image.convert("L")).std() > 5  # not a blank canvas

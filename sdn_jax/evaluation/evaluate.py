@@ -75,24 +75,23 @@ def probes_and_references(source, max_people: int, probes_per_person: int) -> di
     """Probe photos and, for each, a different photo of the same person, as float [-1, 1].
 
     People are taken in identity order, photos in record order, so the choice is fixed by
-    the split; people with fewer than probes_per_person + 1 photos are skipped.
+    the split. A person with fewer than probes_per_person + 1 photos gives one probe fewer
+    per missing photo (one photo is always the reference); one with a single photo none.
     """
     identities = pipeline.read_identities(source)
     order = np.argsort(identities, kind="stable")
-    people, starts = np.unique(identities[order], return_index=True)
-    probe_index, reference_index = [], []
-    for person, group in zip(people, np.split(order, starts[1:])):
-        del person
-        if len(group) < probes_per_person + 1:
+    _, starts = np.unique(identities[order], return_index=True)
+    probe_index, reference_index, taken = [], [], 0
+    for group in np.split(order, starts[1:]):
+        count = min(probes_per_person, len(group) - 1)
+        if count < 1 or taken == max_people:
             continue
-        probe_index.extend(group[:probes_per_person])
-        reference_index.extend([group[probes_per_person]] * probes_per_person)
-        if len(probe_index) >= max_people * probes_per_person:
-            break
+        probe_index.extend(group[:count])
+        reference_index.extend([group[count]] * count)
+        taken += 1
     if not probe_index:
         raise ValueError(
-            f"No person in the split has {probes_per_person + 1} photos: cannot pair probes "
-            "with reference photos"
+            "No person in the split has 2 photos: cannot pair probes with reference photos"
         )
 
     def load(index):
@@ -305,13 +304,13 @@ def evaluate_run(config, workdir: str, *, step: int | None = None) -> dict:
     eval_dir = os.path.join(os.path.abspath(workdir), "eval")
     os.makedirs(eval_dir, exist_ok=True)
     if settings.security:
-        from sdn_jax.evaluation import security  # noqa: PLC0415 (only when asked for)
+        from sdn_jax.evaluation import security, security_plot  # noqa: PLC0415 (only when asked for)
 
         report["security"] = security.security_study(
             model, attacker, test["probes"], test["references"], config
         )
         if jax.process_index() == 0:
-            security.plot_security(report["security"], os.path.join(eval_dir, SECURITY_PLOT))
+            security_plot.plot_security(report["security"], os.path.join(eval_dir, SECURITY_PLOT))
     report["seconds"] = time.perf_counter() - started
     if jax.process_index() == 0:
         _write_atomically(os.path.join(eval_dir, REPORT_JSON), json.dumps(report, indent=2))
