@@ -67,6 +67,18 @@ def test_recolour_keeps_range_and_shape_and_can_be_off():
     assert float(jnp.corrcoef(grey(changed).ravel(), grey(images).ravel())[0, 1]) > 0.2
 
 
+def test_damage_patch_overwrites_one_central_box_or_nothing():
+    images = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (32, 40, 40, 3)), jnp.float32)
+    key = jax.random.key(1)
+    np.testing.assert_array_equal(attacker_training.damage_patch(key, images, 0.0), images)
+    changed = np.asarray(attacker_training.damage_patch(key, images, 1.0)) != np.asarray(images)
+    rows, cols = np.nonzero(changed.any(-1).any(0))
+    assert changed.any(axis=(1, 2, 3)).all()  # every image damaged...
+    assert changed.any(-1).mean() < 0.3  # ...in a box, not everywhere
+    assert rows.min() >= 40 * 0.3 - 40 * 0.225 - 1 and rows.max() <= 40 * 0.7 + 40 * 0.225 + 1
+    assert cols.min() >= 40 * 0.3 - 40 * 0.3 - 1 and cols.max() <= 40 * 0.7 + 40 * 0.3 + 1
+
+
 def render_split(people, photos, size=32):
     identities = np.repeat(np.arange(people), photos)
     photo_numbers = np.tile(np.arange(photos), people)

@@ -59,6 +59,7 @@ def default_settings() -> ml_collections.ConfigDict:
     s.margin = 0.2  # CosFace additive cosine margin
     s.scale = 16.0  # CosFace logit scale
     s.recolour_probability = 0.5
+    s.damage_probability = 0.0  # share of training images with a damaged face centre
     s.learning_rate = 3e-3
     s.weight_decay = 5e-4
     # Attribute network: its own Recognizer at the default data's resolution (smiles and
