@@ -26,7 +26,9 @@ def get_config():
     config.loss.ramp_steps = 2
     config.optim.warmup_steps = 2
     config.train.num_steps = 6
-    config.train.classifier_warmup_steps = 2
+    # No C warm-up: the loop tests count full steps (steps.classifier_warmup_step has its
+    # own test in test_steps.py).
+    config.train.classifier_warmup_steps = 0
     config.train.global_batch_size = 8
     config.train.log_every_steps = 2
     config.train.checkpoint_every_steps = 3
