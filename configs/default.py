@@ -125,6 +125,12 @@ def get_config() -> ml_collections.ConfigDict:
     evaluation.report.max_people = 200  # the whole default test split
     evaluation.report.probes_per_person = 2
     evaluation.report.validation_people = 100  # known people; 0 skips the split
+    # The independent attacker (sdn_jax/evaluation/attacker.py), trained once per workdir.
+    evaluation.attacker = ml_collections.ConfigDict()
+    evaluation.attacker.num_steps = 2700  # identity steps (fewer: faster, lower TAR)
+    evaluation.attacker.attribute_steps = 600
+    evaluation.attacker.calibration_people = 100  # train people held out to fix the threshold
+    evaluation.attacker.far = 0.01  # the verification threshold's false-accept rate
     # The security study (sdn_jax/evaluation/security.py); the attack dominates its time.
     evaluation.security = ml_collections.ConfigDict()
     evaluation.security.num_faces = 128
