@@ -44,6 +44,11 @@ def get_config() -> ml_collections.ConfigDict:
     model.condition_hidden = 128  # MLP from (direction, password, attributes, z) to FiLM
     model.use_skips = (True, True, True)  # encoder -> decoder skips per level, finest first
     model.residual_output = True  # G predicts a change to its input image
+    # "conditioned" (the paper: a direction flag in G's condition) or "inverse": G draws one
+    # key-dependent change, added to anonymize and subtracted to recover (models/decoder.py).
+    model.recovery = "conditioned"
+    model.key_features = 0  # >0: a fixed random Fourier map of the key (one bit -> new key)
+    model.key_frequency = 3.0  # radians per key bit in that map
     model.discriminator_widths = (16, 32, 64)  # PatchGAN per scale
     model.discriminator_scales = 2
     model.classifier_widths = (16, 32, 64)

@@ -14,7 +14,7 @@ from tiny_model import NUM_IDENTITIES, fast_jit
 from configs import tiny as tiny_config
 from sdn_jax import keys
 from sdn_jax import state as state_lib
-from sdn_jax.models.decoder import _INPUT_SQUASH, Decoder
+from sdn_jax.models.decoder import _INPUT_SQUASH, Decoder, fourier_features
 from sdn_jax.models.encoder import Latent
 
 BATCH = 8
@@ -217,3 +217,79 @@ def test_every_network_has_parameters(params, networks, config):
     inputs = state_lib.condition_size(config) + config.model.latent_dim
     dense = [v["kernel"].shape for k, v in params["decoder"].items() if k.startswith("Dense")]
     assert any(shape[0] == inputs for shape in dense), dense
+
+
+def _small_decoder_inputs(seed=0, batch=4, size=32):
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(batch, size // 4, size // 4, 32))
+    skips = (
+        rng.normal(size=(batch, size, size, 8)),
+        rng.normal(size=(batch, size // 2, size // 2, 16)),
+    )
+    latent = jax.tree.map(
+        lambda x: jnp.asarray(x, jnp.float32), Latent(features, skips, rng.normal(size=(batch, 4)))
+    )
+    inputs = jnp.asarray(rng.uniform(-0.9, 0.9, (batch, size, size, 3)), jnp.float32)
+    key = jnp.asarray(rng.choice([-0.5, 0.5], (batch, 12)), jnp.float32)
+    return latent, inputs, key
+
+
+def _with_direction(direction, key):
+    return jnp.concatenate([jnp.full((key.shape[0], 1), direction, jnp.float32), key], -1)
+
+
+def test_inverse_recovery_subtracts_the_anonymizing_change():
+    """recovery='inverse': for one latent and input, the recover output's pre-activation
+    change is exactly minus the anonymize output's, so a right key undoes the change
+    drawn from the same latent; the direction flag reaches the output only as that sign."""
+    decoder = Decoder(widths=(8, 16, 32), num_res_blocks=1, condition_hidden=16,
+                      recovery="inverse", key_features=32)  # fmt: skip
+    latent, inputs, key = _small_decoder_inputs()
+    variables = fast_jit(decoder.init)(jax.random.key(0), latent, _with_direction(0.5, key), inputs)
+    variables = perturb(variables, 3)
+    apply = fast_jit(decoder.apply)
+    anonymized = apply(variables, latent, _with_direction(keys.ANONYMIZE, key), inputs)
+    recovered = apply(variables, latent, _with_direction(keys.RECOVER, key), inputs)
+    base = np.arctanh(_INPUT_SQUASH * np.asarray(inputs))
+    change_a = np.arctanh(np.asarray(anonymized, np.float64)) - base
+    change_r = np.arctanh(np.asarray(recovered, np.float64)) - base
+    assert np.abs(change_a).mean() > 1e-2  # the decoder does change the image
+    np.testing.assert_allclose(change_r, -change_a, atol=2e-3)
+
+
+def test_inverse_recovery_needs_residual_output_and_a_known_mode():
+    latent, inputs, key = _small_decoder_inputs()
+    condition = _with_direction(0.5, key)
+    for bad, message in [
+        (dict(recovery="inverse", residual_output=False), "needs residual_output"),
+        (dict(recovery="backwards"), "recovery must be"),
+    ]:
+        decoder = Decoder(widths=(8, 16, 32), num_res_blocks=1, condition_hidden=16, **bad)
+        with pytest.raises(ValueError, match=message):
+            decoder.init(jax.random.key(0), latent, condition, inputs)
+
+
+def test_fourier_key_map_is_fixed_and_scrambles_one_bit():
+    """key_features: the random map is a parameter that training never moves (zero
+    gradient), and one flipped key bit gives features nearly uncorrelated with the
+    right key's (a near-miss key is just another key), unlike the raw key vector."""
+    decoder = Decoder(widths=(8, 16, 32), num_res_blocks=1, condition_hidden=16,
+                      key_features=512, key_frequency=3.0)  # fmt: skip
+    latent, inputs, key = _small_decoder_inputs()
+    condition = _with_direction(0.5, key)
+    params = fast_jit(decoder.init)(jax.random.key(0), latent, condition, inputs)["params"]
+    assert params["key_projection"].shape == (key.shape[-1], 256)
+
+    grads = jax.grad(
+        lambda p: jnp.sum(decoder.apply({"params": p}, latent, condition, inputs) ** 2)
+    )(params)
+    np.testing.assert_array_equal(grads["key_projection"], 0.0)
+    assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads))
+
+    flipped = key.at[:, 3].multiply(-1)
+    right = np.asarray(fourier_features(key, params["key_projection"]))
+    near = np.asarray(fourier_features(flipped, params["key_projection"]))
+    correlation = np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(right, near)])
+    assert abs(correlation) < 0.3, correlation
+    raw_correlation = np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(key, flipped)])
+    assert raw_correlation > 0.8

@@ -31,6 +31,7 @@ import numpy as np
 import sdn_jax.data
 from sdn_jax.data import attributes as attr_lib
 from sdn_jax.evaluation import attacker_training, metrics
+from sdn_jax.evaluation import settings as eval_settings
 from sdn_jax.evaluation.recognizer_model import resize_to
 
 log = logging.getLogger("sdn_jax")
@@ -78,14 +79,8 @@ def default_settings() -> ml_collections.ConfigDict:
 
 def settings_from_config(config) -> ml_collections.ConfigDict:
     """default_settings() updated with `config.eval.attacker`, where the config has one."""
-    settings = default_settings()
-    overrides = config.get("eval", {}).get("attacker", None)
-    if overrides is not None:
-        unknown = set(overrides.keys()) - set(settings.keys())
-        if unknown:
-            raise ValueError(f"Unknown config.eval.attacker fields: {sorted(unknown)}")
-        settings.update(overrides.to_dict() if hasattr(overrides, "to_dict") else overrides)
-    return settings
+    overrides = eval_settings.config_section(config, "attacker")
+    return eval_settings.with_overrides(default_settings(), overrides, "config.eval.attacker")
 
 
 class Attacker:

@@ -27,6 +27,7 @@ from sdn_jax.data import attributes as attr_lib
 from sdn_jax.data import pipeline
 from sdn_jax.evaluation import attacker as attacker_lib
 from sdn_jax.evaluation import metrics
+from sdn_jax.evaluation import settings as eval_settings
 
 REPORT_JSON, REPORT_MD, SECURITY_PLOT = "report.json", "report.md", "security.png"
 OUTPUTS = ("anonymized", "recovered", "recovered_wrong_password", "recovered_wrong_attributes")
@@ -61,14 +62,8 @@ def default_settings() -> ml_collections.ConfigDict:
 
 def settings_from_config(config) -> ml_collections.ConfigDict:
     """default_settings() updated with the plain fields of `config.eval.report`."""
-    settings = default_settings()
-    overrides = config.get("eval", {}).get("report", None)
-    if overrides is not None:
-        unknown = set(overrides.keys()) - set(settings.keys())
-        if unknown:
-            raise ValueError(f"Unknown config.eval.report fields: {sorted(unknown)}")
-        settings.update(overrides.to_dict() if hasattr(overrides, "to_dict") else overrides)
-    return settings
+    overrides = eval_settings.config_section(config, "report")
+    return eval_settings.with_overrides(default_settings(), overrides, "config.eval.report")
 
 
 def probes_and_references(source, max_people: int, probes_per_person: int) -> dict:

@@ -39,6 +39,7 @@ from PIL import Image
 
 from sdn_jax import inference, keys
 from sdn_jax.evaluation import metrics
+from sdn_jax.evaluation import settings as eval_settings
 from sdn_jax.state import apply
 
 GOAL_FRACTION = 0.95  # one wrong bit must fail verification for at least this share
@@ -67,16 +68,9 @@ def default_settings() -> ml_collections.ConfigDict:
 
 def settings_from_config(config, overrides=None) -> ml_collections.ConfigDict:
     """default_settings() updated with `config.eval.security`, then with `overrides`."""
-    settings = default_settings()
-    from_config = config.get("eval", {}).get("security", None)
-    for source, name in ((from_config, "config.eval.security"), (overrides, "settings")):
-        if source is None:
-            continue
-        source = source.to_dict() if hasattr(source, "to_dict") else dict(source)
-        unknown = set(source) - set(settings.keys())
-        if unknown:
-            raise ValueError(f"Unknown {name} fields: {sorted(unknown)}")
-        settings.update(source)
+    from_config = eval_settings.config_section(config, "security")
+    settings = eval_settings.with_overrides(default_settings(), from_config, "config.eval.security")
+    settings = eval_settings.with_overrides(settings, overrides, "settings")
     if settings.num_faces < 1 or settings.num_random_keys < 1 or settings.keys_per_call < 1:
         raise ValueError("num_faces, num_random_keys and keys_per_call must be positive")
     return settings

@@ -5,6 +5,18 @@ go through one MLP; per-block linear heads turn its output into FiLM scales and 
 With `residual_output` the decoder predicts a change to its input image (in tanh's
 pre-activation space), so background and pose come for free and only what the key asks
 for has to be drawn.
+
+Two options make the key hard to ignore (docs/experiments.md, "the key pathway"):
+- `recovery="inverse"`: the direction flag no longer enters the MLP; the decoder draws
+  one key-dependent change r(latent, key) and *adds* it to anonymize, *subtracts* it to
+  recover. A wrong key then subtracts another key's change, u + r(p) - r(p'), which is
+  as far from the original as two anonymizations are from each other; with
+  `recovery="conditioned"` (the paper's) a recovery that ignores the key is as good as
+  any, and the wrong-key output came back to the original.
+- `key_features` > 0: the password and attribute vector first pass through a fixed
+  random Fourier map [sin(Wk), cos(Wk)] with W ~ N(0, key_frequency^2): one flipped bit
+  moves every feature's phase by ~key_frequency radians, so a near-miss key looks to
+  the network like any other key (a key schedule, not a smooth code).
 """
 
 from collections.abc import Sequence
@@ -29,10 +41,23 @@ class Decoder(nn.Module):
     # Scale of the output layer's initial weights. Small but not zero: at zero the first
     # steps' outputs ignore the key, and the key-dependent losses have nothing to grip.
     output_init_scale: float = 0.1
+    recovery: str = "conditioned"  # or "inverse": recover = minus the anonymizing change
+    key_features: int = 0  # size of the fixed Fourier key map (0: the raw key vector)
+    key_frequency: float = 3.0  # std of the Fourier map's frequencies, radians per bit
 
     @nn.compact
     def __call__(self, latent: Latent, condition: jax.Array, inputs: jax.Array) -> jax.Array:
-        embedding = jnp.concatenate([condition, latent.vector], axis=-1)
+        if self.recovery not in ("conditioned", "inverse"):
+            raise ValueError(f"recovery must be 'conditioned' or 'inverse', got {self.recovery!r}")
+        if self.recovery == "inverse" and not self.residual_output:
+            raise ValueError("recovery='inverse' subtracts a change: it needs residual_output")
+        direction, key = condition[:, :1], condition[:, 1:]
+        if self.key_features:
+            key = self._fourier_key(key)
+        parts = [key, latent.vector]
+        if self.recovery == "conditioned":
+            parts.insert(0, direction)
+        embedding = jnp.concatenate(parts, axis=-1)
         embedding = nn.leaky_relu(nn.Dense(self.condition_hidden)(embedding), 0.2)
         embedding = nn.leaky_relu(nn.Dense(self.condition_hidden)(embedding), 0.2)
 
@@ -57,6 +82,21 @@ class Decoder(nn.Module):
                 self.output_init_scale, "fan_in", "truncated_normal"
             ),
         )(h)
+        if self.recovery == "inverse":
+            # The flag is ANONYMIZE (+0.5) or RECOVER (-0.5): add or subtract the change.
+            out = jnp.sign(direction)[:, :, None, None] * out
         if self.residual_output:
             out = out + jnp.arctanh(_INPUT_SQUASH * inputs)
         return jnp.tanh(out)
+
+    def _fourier_key(self, key: jax.Array) -> jax.Array:
+        """W is drawn at init and never trained (stop_gradient): a fixed key schedule."""
+        init = nn.initializers.normal(self.key_frequency)
+        projection = self.param("key_projection", init, (key.shape[-1], self.key_features // 2))
+        return fourier_features(key, jax.lax.stop_gradient(projection))
+
+
+def fourier_features(key: jax.Array, projection: jax.Array) -> jax.Array:
+    """[sin(k W), cos(k W)]: (batch, key size) x (key size, F/2) -> (batch, F)."""
+    phase = key @ projection
+    return jnp.concatenate([jnp.sin(phase), jnp.cos(phase)], axis=-1)
