@@ -69,7 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
     loss.change_margin = 0.06
     loss.wrong_distance = 30.0  # hinge: mean |x_W - x| at least wrong_margin
     loss.wrong_margin = 0.25
-    loss.attributes = 5.0  # BCE of C's key-attribute logits on x_A (a_t) and x_W (a')
+    loss.attributes = 5.0  # BCE of C's key-attribute logits on x_A (target a_t)
+    loss.wrong_attributes = 5.0  # the same on x_W (target a', the wrong key's attributes)
     loss.identity_removal = 0.0  # -log(1 - p_C(y | x_A)) and for x_W (needs C's softmax)
     loss.identity_embedding = 2.0  # (1 + cos(f(x_A), f(x))) / 2 and for x_W
     loss.club = 0.1  # CLUB upper bound on I(f(x); f(x_A))

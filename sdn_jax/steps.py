@@ -125,8 +125,10 @@ def generator_loss(gen_params, frozen_params, networks, batch, key, step, config
         "change_anonymized": losses.distance_margin(x_a, x, w.change_margin)
         + losses.distance_margin(x_a2, x_a, w.change_margin),
         "wrong_distance": losses.distance_margin(x_w, x, w.wrong_margin),
-        "attributes": losses.attribute_bce(attrs[1][:, key_index], key["attributes"] + 0.5)
-        + losses.attribute_bce(attrs[4][:, key_index], key["wrong_attributes"] + 0.5),
+        "attributes": losses.attribute_bce(attrs[1][:, key_index], key["attributes"] + 0.5),
+        "wrong_attributes": losses.attribute_bce(
+            attrs[4][:, key_index], key["wrong_attributes"] + 0.5
+        ),
         "identity_removal": losses.identity_removal(ids[1], y) + losses.identity_removal(ids[4], y),
         "identity_embedding": losses.dissimilarity(emb[1], f_x) + losses.dissimilarity(emb[4], f_x),
         "club": losses.club_upper_bound(mean, log_var, emb[1]),
