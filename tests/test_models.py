@@ -274,11 +274,13 @@ def test_fourier_key_map_is_fixed_and_scrambles_one_bit():
     gradient), and one flipped key bit gives features nearly uncorrelated with the
     right key's (a near-miss key is just another key), unlike the raw key vector."""
     decoder = Decoder(widths=(8, 16, 32), num_res_blocks=1, condition_hidden=16,
-                      key_features=512, key_frequency=3.0)  # fmt: skip
+                      key_features=512, key_frequency=3.0, num_attributes=2)  # fmt: skip
     latent, inputs, key = _small_decoder_inputs()
     condition = _with_direction(0.5, key)
     params = fast_jit(decoder.init)(jax.random.key(0), latent, condition, inputs)["params"]
     assert params["key_projection"].shape == (key.shape[-1], 256)
+    # The MLP reads the direction, the 512 features, the 2 raw attribute choices and z.
+    assert params["Dense_0"]["kernel"].shape[0] == 1 + 512 + 2 + latent.vector.shape[-1]
 
     grads = jax.grad(
         lambda p: jnp.sum(decoder.apply({"params": p}, latent, condition, inputs) ** 2)

@@ -16,7 +16,9 @@ Two options make the key hard to ignore (docs/experiments.md, "the key pathway")
 - `key_features` > 0: the password and attribute vector first pass through a fixed
   random Fourier map [sin(Wk), cos(Wk)] with W ~ N(0, key_frequency^2): one flipped bit
   moves every feature's phase by ~key_frequency radians, so a near-miss key looks to
-  the network like any other key (a key schedule, not a smooth code).
+  the network like any other key (a key schedule, not a smooth code). The last
+  `num_attributes` key entries (the attribute choices) are also passed as they are, so
+  "draw a smile" stays one readable input.
 """
 
 from collections.abc import Sequence
@@ -44,6 +46,7 @@ class Decoder(nn.Module):
     recovery: str = "conditioned"  # or "inverse": recover = minus the anonymizing change
     key_features: int = 0  # size of the fixed Fourier key map (0: the raw key vector)
     key_frequency: float = 3.0  # std of the Fourier map's frequencies, radians per bit
+    num_attributes: int = 0  # trailing key entries that are attribute choices
 
     @nn.compact
     def __call__(self, latent: Latent, condition: jax.Array, inputs: jax.Array) -> jax.Array:
@@ -53,7 +56,8 @@ class Decoder(nn.Module):
             raise ValueError("recovery='inverse' subtracts a change: it needs residual_output")
         direction, key = condition[:, :1], condition[:, 1:]
         if self.key_features:
-            key = self._fourier_key(key)
+            attributes = key[:, key.shape[-1] - self.num_attributes :]
+            key = jnp.concatenate([self._fourier_key(key), attributes], axis=-1)
         parts = [key, latent.vector]
         if self.recovery == "conditioned":
             parts.insert(0, direction)
