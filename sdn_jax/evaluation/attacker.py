@@ -65,9 +65,9 @@ def default_settings() -> ml_collections.ConfigDict:
     s.damage_probability = 0.25
     s.learning_rate = 3e-3
     s.weight_decay = 5e-4
-    # Attribute network: its own Recognizer at the default data's resolution (smiles and
-    # open mouths are a pixel or two at 32 px).
-    s.attribute_input_size = 64
+    # Attribute network: its own Recognizer at the data's resolution (None) or at this
+    # size (smiles and open mouths are a pixel or two at 32 px).
+    s.attribute_input_size = ml_collections.config_dict.placeholder(int)
     s.attribute_widths = (16, 32, 64, 128)
     s.attribute_steps = 600
     s.attribute_batch_size = 64
@@ -80,7 +80,10 @@ def default_settings() -> ml_collections.ConfigDict:
 def settings_from_config(config) -> ml_collections.ConfigDict:
     """default_settings() updated with `config.eval.attacker`, where the config has one."""
     overrides = eval_settings.config_section(config, "attacker")
-    return eval_settings.with_overrides(default_settings(), overrides, "config.eval.attacker")
+    settings = eval_settings.with_overrides(default_settings(), overrides, "config.eval.attacker")
+    if settings.attribute_input_size is None:
+        settings.attribute_input_size = int(config.data.image_size)
+    return settings
 
 
 class Attacker:
