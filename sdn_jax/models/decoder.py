@@ -19,6 +19,9 @@ Two options make the key hard to ignore (docs/experiments.md, "the key pathway")
   the network like any other key (a key schedule, not a smooth code). The last
   `num_attributes` key entries (the attribute choices) are also passed as they are, so
   "draw a smile" stays one readable input.
+- `warp_pixels` > 0 (with "inverse"): G also draws a smooth displacement field f (at most
+  this many pixels) and anonymizes as warp(u, f) + r, recovers as warp(u - r, -f): the
+  face's geometry, where identity lives, can move instead of only its colours.
 """
 
 from collections.abc import Sequence
@@ -28,7 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from sdn_jax.models.encoder import Latent
-from sdn_jax.models.layers import FiLMConv, ResBlock, upsample
+from sdn_jax.models.layers import FiLMConv, ResBlock, downsample, upsample
+from sdn_jax.models.warp import warp
 
 # Inputs are pulled inside (-1, 1) before arctanh so that saturated pixels stay finite.
 _INPUT_SQUASH = 0.98
@@ -47,6 +51,7 @@ class Decoder(nn.Module):
     key_features: int = 0  # size of the fixed Fourier key map (0: the raw key vector)
     key_frequency: float = 3.0  # std of the Fourier map's frequencies, radians per bit
     num_attributes: int = 0  # trailing key entries that are attribute choices
+    warp_pixels: float = 0.0  # largest displacement of the key's warp (0: no warp)
 
     @nn.compact
     def __call__(self, latent: Latent, condition: jax.Array, inputs: jax.Array) -> jax.Array:
@@ -54,6 +59,8 @@ class Decoder(nn.Module):
             raise ValueError(f"recovery must be 'conditioned' or 'inverse', got {self.recovery!r}")
         if self.recovery == "inverse" and not self.residual_output:
             raise ValueError("recovery='inverse' subtracts a change: it needs residual_output")
+        if self.warp_pixels and self.recovery != "inverse":
+            raise ValueError("warp_pixels needs recovery='inverse' (recovery warps back)")
         direction, key = condition[:, :1], condition[:, 1:]
         if self.key_features:
             attributes = key[:, key.shape[-1] - self.num_attributes :]
@@ -86,12 +93,30 @@ class Decoder(nn.Module):
                 self.output_init_scale, "fan_in", "truncated_normal"
             ),
         )(h)
+        base = jnp.arctanh(_INPUT_SQUASH * inputs)
         if self.recovery == "inverse":
             # The flag is ANONYMIZE (+0.5) or RECOVER (-0.5): add or subtract the change.
-            out = jnp.sign(direction)[:, :, None, None] * out
+            forward = (jnp.sign(direction) > 0)[:, :, None, None]
+            if self.warp_pixels:
+                flow = self._flow(h, inputs.shape[1:3])
+                anonymized = warp(base, flow) + out
+                recovered = warp(base - out, -flow)
+                return jnp.tanh(jnp.where(forward, anonymized, recovered))
+            out = jnp.where(forward, out, -out)
         if self.residual_output:
-            out = out + jnp.arctanh(_INPUT_SQUASH * inputs)
+            out = out + base
         return jnp.tanh(out)
+
+    def _flow(self, h: jax.Array, size) -> jax.Array:
+        """A smooth (B, H, W, 2) field in pixels: drawn at 1/4 resolution, then upsampled."""
+        coarse = downsample(downsample(h))
+        coarse = nn.Conv(
+            2,
+            (3, 3),
+            kernel_init=nn.initializers.variance_scaling(0.1, "fan_in", "truncated_normal"),
+        )(coarse)
+        coarse = self.warp_pixels * jnp.tanh(coarse)
+        return jax.image.resize(coarse, (h.shape[0], *size, 2), "linear")
 
     def _fourier_key(self, key: jax.Array) -> jax.Array:
         """W is drawn at init and never trained (stop_gradient): a fixed key schedule."""
