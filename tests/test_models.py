@@ -214,8 +214,13 @@ def test_every_network_has_parameters(params, networks, config):
     for name in state_lib.NETWORKS:
         assert counts[name] > 0, name
         assert counts[name] == sum(np.size(x) for x in jax.tree.leaves(params[name]))
-    # The decoder's condition MLP reads the declared condition size plus the latent vector.
-    inputs = state_lib.condition_size(config) + config.model.latent_dim
+    # The decoder's condition MLP reads the key (raw, or the Fourier map plus the raw
+    # attribute choices), the direction flag unless recovery is inverse, and z.
+    m = config.model
+    key_size = state_lib.condition_size(config) - 1
+    if m.key_features:
+        key_size = m.key_features + len(m.key_attributes)
+    inputs = key_size + (m.recovery == "conditioned") + m.latent_dim
     dense = [v["kernel"].shape for k, v in params["decoder"].items() if k.startswith("Dense")]
     assert any(shape[0] == inputs for shape in dense), dense
 
