@@ -99,6 +99,8 @@ def get_config() -> ml_collections.ConfigDict:
     loss.classifier_identity = 0.0
     loss.classifier_key_attributes = 4.0
     loss.classifier_adversarial = 0.5  # C also links x_A and x_W back to f(x)
+    # Share of a damaged-face-centre copy of C's batch in its contrastive loss (0: none).
+    loss.classifier_damage = 0.0
     loss.ramp_steps = 200  # non-reconstruction generator terms ramp in linearly
 
     config.optim = optim = ml_collections.ConfigDict()

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sdn_jax import keys, losses
+from sdn_jax import augment, keys, losses
 from sdn_jax.data import attributes as attr_lib
 from sdn_jax.state import GENERATOR_NETWORKS, TrainState, apply
 
@@ -146,17 +146,29 @@ def generator_loss(gen_params, frozen_params, networks, batch, key, step, config
     return total, aux
 
 
-def classifier_loss(c_params, networks, batch, config):
+def classifier_loss(c_params, networks, batch, config, rng=None):
     """C on real images: who it is (a contrastive loss on the embedding, optionally a
     softmax over the training people) and the 40 attributes, the key ones weighted up
-    (they are what anonymized faces must show, and small: glasses, a mustache)."""
+    (they are what anonymized faces must show, and small: glasses, a mustache).
+
+    With loss.classifier_damage > 0 (and an rng), that share of a second copy of the
+    batch gets a damaged face centre (augment.damage_patch) and joins the contrastive
+    loss as more photos of the same people: C must know people by outline, hair and
+    pose too, so blotches over the eyes and mouth stop passing for another person.
+    """
     w = config.loss
     x, y = batch["image"], batch["identity"]
     c = apply(networks["classifier"], c_params, x)
     attributes = batch["attributes"].astype(jnp.float32)
     key_index = jnp.asarray(attr_lib.attribute_indices(config.model.key_attributes))
     c_identity = losses.identity_cross_entropy(c.identity_logits, y)
-    c_contrastive = losses.supervised_contrastive(c.embedding, y, w.contrastive_temperature)
+    embeddings, labels = c.embedding, y
+    damage = w.get("classifier_damage", 0.0)
+    if damage > 0 and rng is not None:
+        damaged = apply(networks["classifier"], c_params, augment.damage_patch(rng, x, damage))
+        embeddings = jnp.concatenate([embeddings, damaged.embedding])
+        labels = jnp.concatenate([y, y])
+    c_contrastive = losses.supervised_contrastive(embeddings, labels, w.contrastive_temperature)
     c_attributes = losses.attribute_bce(c.attribute_logits, attributes)
     c_key_attributes = losses.attribute_bce(
         c.attribute_logits[:, key_index], attributes[:, key_index]
@@ -179,14 +191,14 @@ def classifier_loss(c_params, networks, batch, config):
     return total, (metrics, c.embedding)
 
 
-def discriminator_classifier_loss(dc_params, networks, batch, fakes, config):
+def discriminator_classifier_loss(dc_params, networks, batch, fakes, config, rng=None):
     """D: LSGAN real vs the three fakes. C: `classifier_loss` on real images, plus
     linking x_A and x_W back to the original's embedding (an adversary to G)."""
     n = batch["image"].shape[0]
     real_scores = apply(networks["discriminator"], dc_params["discriminator"], batch["image"])
     fake_scores = apply(networks["discriminator"], dc_params["discriminator"], fakes)
     d_loss = losses.lsgan_discriminator(real_scores, fake_scores)
-    c_real, (metrics, f_x) = classifier_loss(dc_params["classifier"], networks, batch, config)
+    c_real, (metrics, f_x) = classifier_loss(dc_params["classifier"], networks, batch, config, rng)
     # C re-identifies x_A and x_W (fakes are [x_A, x_R, x_W]); x_R is left to D.
     anonymized, wrong = fakes[:n], fakes[2 * n :]
     c = apply(networks["classifier"], dc_params["classifier"], jnp.concatenate([anonymized, wrong]))
@@ -227,7 +239,7 @@ def train_step(state: TrainState, batch: dict, *, networks, optimizers, config, 
 
     dc_params = {k: params[k] for k in ("discriminator", "classifier")}
     (_, dc_metrics), dc_grads = jax.value_and_grad(discriminator_classifier_loss, has_aux=True)(
-        dc_params, networks, batch, aux["fakes"], config
+        dc_params, networks, batch, aux["fakes"], config, jax.random.fold_in(rng, 1)
     )
     for name in ("discriminator", "classifier"):
         params[name], opt_state[name] = _update(
@@ -250,7 +262,9 @@ def train_step(state: TrainState, batch: dict, *, networks, optimizers, config, 
     return new_state, metrics
 
 
-def classifier_warmup_step(state: TrainState, batch: dict, *, networks, optimizers, config):
+def classifier_warmup_step(
+    state: TrainState, batch: dict, *, networks, optimizers, config, base_rng=None
+):
     """A step of C alone on real images: the first `train.classifier_warmup_steps`.
 
     The generator's identity and attribute terms follow C's gradients; from a random C
@@ -258,8 +272,9 @@ def classifier_warmup_step(state: TrainState, batch: dict, *, networks, optimize
     ~1/20 of a full step, so C learns first and G starts against a real recogniser.
     """
     params, opt_state = dict(state.params), dict(state.opt_state)
+    rng = None if base_rng is None else jax.random.fold_in(base_rng, state.step)
     (c_total, (metrics, _)), grads = jax.value_and_grad(classifier_loss, has_aux=True)(
-        params["classifier"], networks, batch, config
+        params["classifier"], networks, batch, config, rng
     )
     params["classifier"], opt_state["classifier"] = _update(
         optimizers["classifier"], params["classifier"], opt_state["classifier"], grads
@@ -270,9 +285,13 @@ def classifier_warmup_step(state: TrainState, batch: dict, *, networks, optimize
     return new_state, metrics
 
 
-def make_classifier_warmup_step(networks, optimizers, config):
+def make_classifier_warmup_step(networks, optimizers, config, base_rng=None):
     return functools.partial(
-        classifier_warmup_step, networks=networks, optimizers=optimizers, config=config
+        classifier_warmup_step,
+        networks=networks,
+        optimizers=optimizers,
+        config=config,
+        base_rng=base_rng,
     )
 
 

@@ -176,7 +176,9 @@ class Trainer:
             donate_argnums=0,
         )
         warmup_step = jax.jit(
-            steps.make_classifier_warmup_step(self.networks, self.optimizers, config),
+            steps.make_classifier_warmup_step(
+                self.networks, self.optimizers, config, self.step_rng
+            ),
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
             donate_argnums=0,

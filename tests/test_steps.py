@@ -20,7 +20,7 @@ import pytest
 from tiny_model import NUM_IDENTITIES, fast_jit
 
 from configs import tiny as tiny_config
-from sdn_jax import keys, sharding, steps
+from sdn_jax import augment, keys, losses, sharding, steps
 from sdn_jax import state as state_lib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,6 +137,33 @@ def test_dual_pass_with_zero_output_layer_is_the_identity_chain(
     np.testing.assert_allclose(out["recovered"], 0.98 * out["anonymized"], atol=1e-5)
     np.testing.assert_allclose(out["wrong"], 0.98 * out["anonymized"], atol=1e-5)
     assert np.abs(out["recovered"] - x).max() < 0.05  # ~x
+
+
+def test_classifier_damage_adds_damaged_copies_as_positives(config, networks, params):
+    """loss.classifier_damage: C's contrastive loss also sees damaged copies of the batch
+    (same labels); its attribute terms stay on the clean images; no rng, no damage."""
+    batch = _synthetic_batches(NUM_IDENTITIES, config.data.image_size, count=1)[0]
+    batch["identity"] = np.repeat(np.arange(4), 2).astype(np.int32)
+    damaged_config = config.copy_and_resolve_references()
+    damaged_config.loss.classifier_damage = 1.0
+    loss = lambda cfg, rng=None: steps.classifier_loss(  # noqa: E731
+        params["classifier"], networks, batch, cfg, rng
+    )
+    clean, (clean_metrics, _) = loss(config, jax.random.key(3))
+    no_rng, _ = loss(damaged_config)
+    np.testing.assert_allclose(no_rng, clean, rtol=1e-6)
+    _, (metrics, _) = loss(damaged_config, jax.random.key(3))
+    for name in ("c_attributes", "c_key_attributes"):
+        np.testing.assert_allclose(metrics[name], clean_metrics[name], rtol=1e-6)
+    x = jnp.asarray(batch["image"])
+    both = jnp.concatenate([x, augment.damage_patch(jax.random.key(3), x, 1.0)])
+    embeddings = state_lib.apply(networks["classifier"], params["classifier"], both).embedding
+    labels = jnp.concatenate([batch["identity"], batch["identity"]])
+    expected = losses.supervised_contrastive(
+        embeddings, labels, config.loss.contrastive_temperature
+    )
+    np.testing.assert_allclose(metrics["c_contrastive"], expected, rtol=1e-5)
+    assert abs(float(metrics["c_contrastive"]) - float(clean_metrics["c_contrastive"])) > 1e-3
 
 
 # ------------------------------------------------------------------ sharded == 1 device
