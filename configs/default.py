@@ -101,6 +101,8 @@ def get_config() -> ml_collections.ConfigDict:
     loss.classifier_adversarial = 0.5  # C also links x_A and x_W back to f(x)
     # Share of a damaged-face-centre copy of C's batch in its contrastive loss (0: none).
     loss.classifier_damage = 0.0
+    # Share of that copy recoloured (augment.recolour): C must know people by shape, not tint.
+    loss.classifier_recolour = 0.0
     loss.ramp_steps = 200  # non-reconstruction generator terms ramp in linearly
 
     config.optim = optim = ml_collections.ConfigDict()

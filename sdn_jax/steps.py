@@ -151,10 +151,11 @@ def classifier_loss(c_params, networks, batch, config, rng=None):
     softmax over the training people) and the 40 attributes, the key ones weighted up
     (they are what anonymized faces must show, and small: glasses, a mustache).
 
-    With loss.classifier_damage > 0 (and an rng), that share of a second copy of the
-    batch gets a damaged face centre (augment.damage_patch) and joins the contrastive
-    loss as more photos of the same people: C must know people by outline, hair and
-    pose too, so blotches over the eyes and mouth stop passing for another person.
+    With loss.classifier_damage or loss.classifier_recolour > 0 (and an rng), a second
+    copy of the batch joins the contrastive loss as more photos of the same people; that
+    share of it gets a damaged face centre (augment.damage_patch), or new colours
+    (augment.recolour). C must then know people by outline, hair and pose, not by
+    blotches over the eyes and mouth or by tint, as the attacker does.
     """
     w = config.loss
     x, y = batch["image"], batch["identity"]
@@ -164,9 +165,13 @@ def classifier_loss(c_params, networks, batch, config, rng=None):
     c_identity = losses.identity_cross_entropy(c.identity_logits, y)
     embeddings, labels = c.embedding, y
     damage = w.get("classifier_damage", 0.0)
-    if damage > 0 and rng is not None:
-        damaged = apply(networks["classifier"], c_params, augment.damage_patch(rng, x, damage))
-        embeddings = jnp.concatenate([embeddings, damaged.embedding])
+    recolour = w.get("classifier_recolour", 0.0)
+    if (damage > 0 or recolour > 0) and rng is not None:
+        colour_rng, damage_rng = jax.random.split(rng)
+        copy = augment.damage_patch(damage_rng, augment.recolour(colour_rng, x, recolour), damage)
+        embeddings = jnp.concatenate(
+            [embeddings, apply(networks["classifier"], c_params, copy).embedding]
+        )
         labels = jnp.concatenate([y, y])
     c_contrastive = losses.supervised_contrastive(embeddings, labels, w.contrastive_temperature)
     c_attributes = losses.attribute_bce(c.attribute_logits, attributes)

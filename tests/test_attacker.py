@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from sdn_jax import augment
 from sdn_jax.data import attributes as attr_lib
 from sdn_jax.data import synth_faces
 from sdn_jax.evaluation import attacker as attacker_lib
@@ -56,8 +57,8 @@ def test_prototype_cosface_loss_on_hand_made_embeddings():
 def test_recolour_keeps_range_and_shape_and_can_be_off():
     images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (16, 32, 32, 3)), jnp.float32)
     key = jax.random.key(0)
-    np.testing.assert_allclose(attacker_training.recolour(key, images, 0.0), images, atol=1e-6)
-    changed = attacker_training.recolour(key, images, 1.0)
+    np.testing.assert_allclose(augment.recolour(key, images, 0.0), images, atol=1e-6)
+    changed = augment.recolour(key, images, 1.0)
     assert changed.shape == images.shape
     assert float(changed.min()) >= -1.0 - 1e-6 and float(changed.max()) <= 1.0 + 1e-6
     per_image = jnp.abs(changed - images).mean(axis=(1, 2, 3))
@@ -70,8 +71,8 @@ def test_recolour_keeps_range_and_shape_and_can_be_off():
 def test_damage_patch_overwrites_one_central_box_or_nothing():
     images = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (32, 40, 40, 3)), jnp.float32)
     key = jax.random.key(1)
-    np.testing.assert_array_equal(attacker_training.damage_patch(key, images, 0.0), images)
-    changed = np.asarray(attacker_training.damage_patch(key, images, 1.0)) != np.asarray(images)
+    np.testing.assert_array_equal(augment.damage_patch(key, images, 0.0), images)
+    changed = np.asarray(augment.damage_patch(key, images, 1.0)) != np.asarray(images)
     rows, cols = np.nonzero(changed.any(-1).any(0))
     assert changed.any(axis=(1, 2, 3)).all()  # every image damaged...
     assert changed.any(-1).mean() < 0.3  # ...in a box, not everywhere

@@ -139,24 +139,30 @@ def test_dual_pass_with_zero_output_layer_is_the_identity_chain(
     assert np.abs(out["recovered"] - x).max() < 0.05  # ~x
 
 
-def test_classifier_damage_adds_damaged_copies_as_positives(config, networks, params):
-    """loss.classifier_damage: C's contrastive loss also sees damaged copies of the batch
-    (same labels); its attribute terms stay on the clean images; no rng, no damage."""
+@pytest.mark.parametrize("damage,recolour", [(1.0, 0.0), (0.0, 1.0), (0.5, 1.0)])
+def test_classifier_augmented_copies_join_as_positives(config, networks, params, damage, recolour):
+    """loss.classifier_damage / classifier_recolour: C's contrastive loss also sees an
+    augmented copy of the batch (same labels); its attribute terms stay on the clean
+    images; no rng, no copy."""
     batch = _synthetic_batches(NUM_IDENTITIES, config.data.image_size, count=1)[0]
     batch["identity"] = np.repeat(np.arange(4), 2).astype(np.int32)
-    damaged_config = config.copy_and_resolve_references()
-    damaged_config.loss.classifier_damage = 1.0
+    augmented_config = config.copy_and_resolve_references()
+    augmented_config.loss.classifier_damage = damage
+    augmented_config.loss.classifier_recolour = recolour
     loss = lambda cfg, rng=None: steps.classifier_loss(  # noqa: E731
         params["classifier"], networks, batch, cfg, rng
     )
     clean, (clean_metrics, _) = loss(config, jax.random.key(3))
-    no_rng, _ = loss(damaged_config)
+    no_rng, _ = loss(augmented_config)
     np.testing.assert_allclose(no_rng, clean, rtol=1e-6)
-    _, (metrics, _) = loss(damaged_config, jax.random.key(3))
+    _, (metrics, _) = loss(augmented_config, jax.random.key(3))
     for name in ("c_attributes", "c_key_attributes"):
         np.testing.assert_allclose(metrics[name], clean_metrics[name], rtol=1e-6)
     x = jnp.asarray(batch["image"])
-    both = jnp.concatenate([x, augment.damage_patch(jax.random.key(3), x, 1.0)])
+    colour_rng, damage_rng = jax.random.split(jax.random.key(3))
+    copy = augment.damage_patch(damage_rng, augment.recolour(colour_rng, x, recolour), damage)
+    assert float(jnp.abs(copy - x).mean()) > 0.01  # the copy really differs
+    both = jnp.concatenate([x, copy])
     embeddings = state_lib.apply(networks["classifier"], params["classifier"], both).embedding
     labels = jnp.concatenate([batch["identity"], batch["identity"]])
     expected = losses.supervised_contrastive(

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sdn_jax.augment import damage_patch  # noqa: F401 (the attacker's augmentation)
+from sdn_jax.augment import damage_patch, recolour  # noqa: F401 (the attacker's augmentations)
 from sdn_jax.evaluation.recognizer_model import Recognizer
 
 log = logging.getLogger("sdn_jax")
@@ -55,37 +55,6 @@ def attribute_network(settings) -> Recognizer:
 def to_float(images: jax.Array) -> jax.Array:
     """uint8 [0, 255] -> float32 [-1, 1], as the input pipeline scales images."""
     return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def _hue_rotation(theta: jax.Array) -> jax.Array:
-    """(B,) angles -> (B, 3, 3) rotations of RGB about the grey axis (hue shifts)."""
-    c, s = jnp.cos(theta)[:, None, None], jnp.sin(theta)[:, None, None]
-    cross = jnp.array([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / jnp.sqrt(3.0)
-    return c * jnp.eye(3) + (1.0 - c) * jnp.full((3, 3), 1.0 / 3.0) + s * cross
-
-
-def recolour(key: jax.Array, images: jax.Array, probability: float) -> jax.Array:
-    """Random colour changes of `probability` of the images (float [-1, 1] NHWC).
-
-    Each chosen image gets a hue rotation (any angle), a per-channel gain (x0.6 to x1.65),
-    a brightness factor (x0.5 to x1.3) and, one time in five, grey; the change covers the
-    whole image or, half of the time, a smooth random region of it (as a retouched face
-    in an unchanged background).
-    """
-    b, h, w, _ = images.shape
-    k = jax.random.split(key, 7)
-    x = (images + 1.0) / 2.0
-    y = jnp.einsum("bhwc,bdc->bhwd", x, _hue_rotation(jax.random.uniform(k[0], (b,)) * 2 * jnp.pi))
-    y = y * jnp.exp(jax.random.uniform(k[1], (b, 1, 1, 3), minval=-0.5, maxval=0.5))
-    y = y * jnp.exp(jax.random.uniform(k[2], (b, 1, 1, 1), minval=-0.7, maxval=0.25))
-    grey = jax.random.bernoulli(k[3], 0.2, (b, 1, 1, 1))
-    y = jnp.clip(jnp.where(grey, y.mean(-1, keepdims=True), y), 0.0, 1.0)
-    region = jax.random.uniform(k[4], (b, 3, 3, 1))
-    region = jax.image.resize(region, (b, h, w, 1), "linear")
-    everywhere = jax.random.bernoulli(k[5], 0.5, (b, 1, 1, 1))
-    chosen = jax.random.bernoulli(k[6], probability, (b, 1, 1, 1))
-    weight = jnp.where(everywhere, 1.0, region) * chosen
-    return (x + weight * (y - x)) * 2.0 - 1.0
 
 
 def prototype_cosface_loss(embeddings: jax.Array, people: int, margin: float, scale: float):
