@@ -148,8 +148,8 @@ def get_config() -> ml_collections.ConfigDict:
     evaluation.report.validation_people = 100  # known people; 0 skips the split
     # The independent attacker (sdn_jax/evaluation/attacker.py), trained once per workdir.
     evaluation.attacker = ml_collections.ConfigDict()
-    evaluation.attacker.num_steps = 2700  # identity steps (fewer: faster, lower TAR)
-    evaluation.attacker.attribute_steps = 600
+    evaluation.attacker.num_steps = 4000  # identity steps (fewer: faster, lower TAR)
+    evaluation.attacker.attribute_steps = 2400  # (fewer: faster, weaker on smiles)
     evaluation.attacker.calibration_people = 100  # train people held out to fix the threshold
     evaluation.attacker.far = 0.01  # the verification threshold's false-accept rate
     # The security study (sdn_jax/evaluation/security.py); the attack dominates its time.
