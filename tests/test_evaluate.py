@@ -9,7 +9,7 @@ import pytest
 
 from configs import tiny
 from sdn_jax import keys
-from sdn_jax.evaluation import evaluate
+from sdn_jax.evaluation import evaluate, report_markdown
 
 
 def _record(person: int, photo: int) -> dict:
@@ -94,13 +94,29 @@ def _fake_report(num_images=10) -> dict:
 
 
 def test_report_markdown_shows_every_output_and_the_paper_beside_ours():
-    text = evaluate.report_markdown(_fake_report())
+    text = report_markdown.report_markdown(_fake_report())
     for name in ("original", *evaluate.OUTPUTS):
         assert f"| {name} |" in text
     assert "28.91" in text and "0.96" in text  # the paper's recovery PSNR and SSIM
     assert "not FID" in text and "Smiling 0.60" in text
     assert "Evaluation at step 7" in text and "0.420" in text
     json.dumps(_fake_report())  # the report is plain JSON
+
+
+def test_targets_table_says_which_bars_are_met():
+    """At least / at most, and figures missing from the report (no security) skipped."""
+    text = report_markdown.targets_markdown(_fake_report())
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()[2:]}
+    assert rows["original faces verified"].endswith("| >= 0.9 | 0.950 | yes |")
+    assert rows["anonymized faces verified"].endswith("| <= 0.05 | 0.500 | **no** |")
+    assert rows["recovered PSNR (dB)"].endswith("| 25.000 | yes |")
+    assert rows["requested attributes shown"].endswith("| 0.700 | **no** |")
+    assert "one wrong bit fails verification" not in rows
+    report = _fake_report()
+    report["security"] = {"goal_one_bit_fails_verification": {"fraction": 0.97, "met": True}}
+    assert "| one wrong bit fails verification | >= 0.95 | 0.970 | yes |" in (
+        report_markdown.targets_markdown(report)
+    )
 
 
 def test_evaluate_run_writes_the_report_on_a_tiny_run(trained_run, tmp_path):

@@ -27,27 +27,13 @@ from sdn_jax.data import attributes as attr_lib
 from sdn_jax.data import pipeline
 from sdn_jax.evaluation import attacker as attacker_lib
 from sdn_jax.evaluation import metrics
+from sdn_jax.evaluation import outputs as outputs_lib
 from sdn_jax.evaluation import settings as eval_settings
+from sdn_jax.evaluation.outputs import OUTPUTS, SHOULD_MATCH
+from sdn_jax.evaluation.report_markdown import report_markdown
 
 REPORT_JSON, REPORT_MD, SECURITY_PLOT = "report.json", "report.md", "security.png"
-OUTPUTS = ("anonymized", "recovered", "recovered_wrong_password", "recovered_wrong_attributes")
-# Which way each output should go for the user: recognised (True) or not (False).
-SHOULD_MATCH = {
-    "original": True,
-    "anonymized": False,
-    "recovered": True,
-    "recovered_wrong_password": False,
-    "recovered_wrong_attributes": False,
-}
 KEY_SEED = 4321  # the faces' random keys: fixed, so runs and steps compare
-# The paper's CelebA 128px figures (METHOD.md section 6). Not comparable to ours as
-# numbers: other data, resolution and recognizer (FaceNet / VGGFace vs our attacker).
-PAPER = {
-    ("anonymized", "ssim"): 0.96,
-    ("recovered", "psnr"): 28.91,
-    ("recovered", "ssim"): 0.872,
-    ("anonymized", "fd"): "FID 28 (InceptionV3)",
-}
 
 
 def default_settings() -> ml_collections.ConfigDict:
@@ -123,39 +109,18 @@ def face_keys(count: int, config) -> dict:
     )
 
 
-def make_outputs_fn(model: inference.Model):
-    """jitted (images, per-row key dict) -> the five SDN outputs of a batch."""
-    networks, params = model.networks, model.params
-
-    @jax.jit
-    def outputs(images, key):
-        def run(inputs, direction, password, attributes):
-            condition = keys.condition_vector(direction, password, attributes)
-            return inference.generate(networks, params, inputs, condition)
-
-        anonymized = run(images, keys.ANONYMIZE, key["password"], key["attributes"])
-        p, a = key["password"], key["attributes"]
-        return dict(
-            anonymized=anonymized,
-            anonymized2=run(images, keys.ANONYMIZE, key["password2"], a),
-            recovered=run(anonymized, keys.RECOVER, p, a),
-            recovered_wrong_password=run(anonymized, keys.RECOVER, key["wrong_password"], a),
-            recovered_wrong_attributes=run(anonymized, keys.RECOVER, p, key["wrong_attributes"]),
-        )
-
-    return outputs
-
-
 def sdn_outputs(model: inference.Model, images: np.ndarray, key: dict, batch_size: int) -> dict:
     """All outputs for all faces, in fixed-size batches (the last one padded)."""
-    outputs_fn = make_outputs_fn(model)
+    outputs_fn = jax.jit(outputs_lib.make_outputs_fn(model.networks))
     collected = {}
     for start in range(0, len(images), batch_size):
         chunk = slice(start, start + batch_size)
         n = len(images[chunk])
         pad = lambda x: np.concatenate([x, np.repeat(x[-1:], batch_size - len(x), 0)])
         batch_key = {k: jnp.asarray(pad(v[chunk])) for k, v in key.items()}
-        result = jax.device_get(outputs_fn(jnp.asarray(pad(images[chunk])), batch_key))
+        result = jax.device_get(
+            outputs_fn(model.params, jnp.asarray(pad(images[chunk])), batch_key)
+        )
         for name, value in result.items():
             collected.setdefault(name, []).append(value[:n])
     return {name: np.concatenate(parts) for name, parts in collected.items()}
@@ -320,135 +285,3 @@ def _write_atomically(path: str, text: str) -> None:
     with open(temporary, "w") as f:
         f.write(text + "\n")
     os.replace(temporary, path)
-
-
-def _fmt(value, digits: int = 3) -> str:
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return "-" if value is None else str(value)
-
-
-def report_markdown(report: dict) -> str:
-    """report.json as tables a person reads, with the paper's figures beside ours."""
-    lines = [
-        f"# Evaluation at step {report['step']}",
-        "",
-        f"{report['num_images']} faces of {report['num_people']} people of the "
-        f"`{report['split']}` split (never seen in training), each with its own random key. "
-        "Identity: the independent attacker verifies each output against another photo of "
-        f"the person at its 1%-false-accept threshold ({report['attacker']['threshold']:.3f}).",
-        "",
-        "| output | goal | identity match rate | faces failing | PSNR dB (worst decile) | "
-        "SSIM | paper (CelebA 128px) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name in ("original", *OUTPUTS):
-        entry = report[name]
-        goal = "recognised" if SHOULD_MATCH[name] else "not recognised"
-        psnr = (
-            f"{entry['psnr']:.2f} ({entry['psnr_distribution']['worst_decile']:.2f})"
-            if "psnr" in entry
-            else "-"
-        )
-        paper = ", ".join(
-            f"{metric.upper()} {value}" for (out, metric), value in PAPER.items() if out == name
-        )
-        lines.append(
-            f"| {name} | {goal} | {entry['identity_match_rate']:.3f} | "
-            f"{entry['fraction_failing']:.3f} | {psnr} | {_fmt(entry.get('ssim'))} | "
-            f"{paper or '-'} |"
-        )
-    anonymized = report["anonymized"]
-    per_attribute = anonymized["attribute_accuracy_per_attribute"].items()
-    wrong_password = report["recovered_wrong_password"]["fraction_within_4db_of_right_key"]
-    wrong_attributes = report["recovered_wrong_attributes"]["fraction_within_4db_of_right_key"]
-    lines += [
-        "",
-        "Anonymized faces:",
-        f"- requested key attributes shown (attacker's attribute classifier): "
-        f"{anonymized['attribute_accuracy']:.3f} "
-        f"({', '.join(f'{k} {v:.2f}' for k, v in per_attribute)}); "
-        f"the classifier on the real photos: {report['original']['attribute_accuracy']:.3f}",
-        f"- fd_attacker (Frechet distance of attacker embeddings, anonymized vs real): "
-        f"{anonymized['fd_attacker']:.4f}. This is not FID (no InceptionV3 weights here); the "
-        "paper's FID 28 is not comparable.",
-        f"- identity distance to the original (1 - cos): "
-        f"{anonymized['identity_distance_to_original']:.3f}; "
-        f"diversity (two passwords, one face): {anonymized['diversity']:.3f}",
-        f"- edge-map linkage (nearest original by edges is the right one, chance "
-        f"{1 / report['num_images']:.4f}): {anonymized['edge_map_linkage']:.3f}",
-        f"- wrong password within 4 dB of the right key's recovery: {wrong_password:.3f} of "
-        f"faces; wrong attributes: {wrong_attributes:.3f}",
-        "",
-        "Comparability: the paper measured CelebA at 128px with pretrained FaceNet / VGGFace, "
-        "LPIPS and InceptionV3 FID. Ours are synthetic faces at the run's resolution and an "
-        "attacker trained here; PSNR and SSIM are the same definitions (scikit-image's), so "
-        "only they compare in kind, and even they not in value (other data).",
-    ]
-    if "validation" in report:
-        v = report["validation"]
-        lines += [
-            "",
-            f"## Known people (validation split, {v['num_images']} faces)",
-            "",
-            "| output | identity match rate | faces failing | PSNR dB | SSIM |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for name in ("original", *OUTPUTS):
-            e = v[name]
-            lines.append(
-                f"| {name} | {e['identity_match_rate']:.3f} | {e['fraction_failing']:.3f} | "
-                f"{_fmt(e.get('psnr'), 2)} | {_fmt(e.get('ssim'))} |"
-            )
-    if "security" in report:
-        lines += ["", "## Security", "", security_markdown(report["security"])]
-    lines += ["", f"Evaluation time: {report['seconds']:.0f} s."]
-    return "\n".join(lines)
-
-
-def security_markdown(section: dict) -> str:
-    """The security study's tables."""
-    lines = [
-        f"Key space: {section['key_space_bits']} bits; KDF (scrypt) "
-        f"{section['kdf_seconds_per_guess']:.3f} s per guess.",
-        "",
-        "Worst decile: the 90th percentile of PSNR for wrong keys (the tenth of faces a "
-        "wrong key brings closest back), the 10th for the right key (row 0).",
-        "",
-        "| wrong password bits | PSNR dB (worst decile) | identity match rate | "
-        "within 4 dB of right key |",
-        "| --- | --- | --- | --- |",
-    ]
-    for row in section["hamming"]:
-        lines.append(
-            f"| {row['bits']} | {row['psnr_mean']:.2f} ({row['psnr_worst_decile']:.2f}) | "
-            f"{row['identity_match_rate']:.3f} | {row['fraction_within_4db_of_right_key']:.3f} |"
-        )
-    lines += ["", "| flipped key attribute | PSNR dB | identity match rate | within 4 dB |",
-              "| --- | --- | --- | --- |"]  # fmt: skip
-    for name, row in section["attribute_flips"].items():
-        lines.append(
-            f"| {name} | {row['psnr_mean']:.2f} | {row['identity_match_rate']:.3f} | "
-            f"{row['fraction_within_4db_of_right_key']:.3f} |"
-        )
-    attack = section["random_key_attack"]
-    goal = section["goal_one_bit_fails_verification"]
-    lines += [
-        "",
-        f"Best of {attack['num_keys']} random keys on {attack['num_faces']} faces: best PSNR "
-        f"{attack['best_psnr_mean']:.2f} dB (right key {attack['right_key_psnr_mean']:.2f}), best "
-        f"similarity {attack['best_similarity_mean']:.3f} (right key "
-        f"{attack['right_key_similarity_mean']:.3f}); faces linked by the best key: "
-        f"{attack['fraction_faces_linked']:.3f}.",
-        "",
-        "| anonymized image stored as | recovered PSNR dB | identity match rate |",
-        "| --- | --- | --- |",
-    ]
-    for name, row in section["recompression"].items():
-        lines.append(f"| {name} | {row['psnr_mean']:.2f} | {row['identity_match_rate']:.3f} |")
-    lines += [
-        "",
-        f"Goal (one wrong bit fails verification for >= 95% of faces): "
-        f"{goal['fraction']:.3f} -> {'met' if goal['met'] else 'NOT met'}.",
-    ]
-    return "\n".join(lines)

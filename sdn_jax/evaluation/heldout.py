@@ -13,12 +13,11 @@ import numpy as np
 
 from sdn_jax import keys
 from sdn_jax.data import attributes as attr_lib
+from sdn_jax.evaluation.outputs import OUTPUTS, make_outputs_fn  # noqa: F401 (used by train.py)
 from sdn_jax.state import apply
 
 # Fixed evaluation keys: the same for every checkpoint, so runs and steps compare.
 EVAL_KEY_SEED = 1234
-
-OUTPUTS = ("anonymized", "recovered", "recovered_wrong_password", "recovered_wrong_attributes")
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -41,34 +40,6 @@ def evaluation_keys(batch: int, config) -> dict:
         wrong_password=wrong_password,
         wrong_attributes=wrong_attributes,
     )
-
-
-def make_outputs_fn(networks: dict):
-    """jit-able (params, images, key) -> dict of the four outputs."""
-
-    def outputs(params, images, key):
-        encoder, decoder = networks["encoder"], networks["decoder"]
-
-        def decode(latent, direction, password, attributes, inputs):
-            condition = keys.condition_vector(direction, password, attributes)
-            return apply(decoder, params["decoder"], latent, condition, inputs)
-
-        latent = apply(encoder, params["encoder"], images)
-        anonymized = decode(latent, keys.ANONYMIZE, key["password"], key["attributes"], images)
-        latent_a = apply(encoder, params["encoder"], anonymized)
-        p, a = key["password"], key["attributes"]
-        return dict(
-            anonymized=anonymized,
-            recovered=decode(latent_a, keys.RECOVER, p, a, anonymized),
-            recovered_wrong_password=decode(
-                latent_a, keys.RECOVER, key["wrong_password"], a, anonymized
-            ),
-            recovered_wrong_attributes=decode(
-                latent_a, keys.RECOVER, p, key["wrong_attributes"], anonymized
-            ),
-        )
-
-    return outputs
 
 
 def _identification_rate(embeddings, identities, gallery_index, probe_index):

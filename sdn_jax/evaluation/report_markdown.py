@@ -1,0 +1,181 @@
+"""eval/report.md: report.json (sdn_jax.evaluation.evaluate) as tables a person reads.
+
+Beside our figures: issue 4's targets, met or not, and the paper's CelebA figures with a
+line on which of them compare with ours.
+"""
+
+from sdn_jax.evaluation.outputs import OUTPUTS, SHOULD_MATCH
+
+# The paper's CelebA 128px figures (METHOD.md section 6). Not comparable to ours as
+# numbers: other data, resolution and recognizer (FaceNet / VGGFace vs our attacker).
+PAPER = {
+    ("anonymized", "ssim"): 0.96,
+    ("recovered", "psnr"): 28.91,
+    ("recovered", "ssim"): 0.872,
+    ("anonymized", "fd"): "FID 28 (InceptionV3)",
+}
+
+
+# Issue 4's bars on the test split: (figure, where it is in report.json, at least?, bar).
+TARGETS = (
+    ("original faces verified", ("original", "identity_match_rate"), True, 0.90),
+    ("anonymized faces verified", ("anonymized", "identity_match_rate"), False, 0.05),
+    ("recovered faces verified", ("recovered", "identity_match_rate"), True, 0.85),
+    ("wrong-password faces verified", ("recovered_wrong_password", "identity_match_rate"),
+     False, 0.05),
+    ("wrong-attribute faces verified", ("recovered_wrong_attributes", "identity_match_rate"),
+     False, 0.10),
+    ("recovered PSNR (dB)", ("recovered", "psnr"), True, 24.0),
+    ("requested attributes shown", ("anonymized", "attribute_accuracy"), True, 0.80),
+    ("anonymized SSIM to the original", ("anonymized", "ssim"), True, 0.5),
+    ("one wrong bit fails verification", ("security", "goal_one_bit_fails_verification",
+     "fraction"), True, 0.95),
+)  # fmt: skip
+
+
+def targets_markdown(report: dict) -> str:
+    """The targets table: each bar, our figure, met or not (figures absent are skipped)."""
+    lines = ["| figure | target | ours | met |", "| --- | --- | --- | --- |"]
+    for label, path, at_least, bar in TARGETS:
+        value = report
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            continue
+        met = value >= bar if at_least else value <= bar
+        target = f"{'>=' if at_least else '<='} {bar:g}"
+        lines.append(f"| {label} | {target} | {value:.3f} | {'yes' if met else '**no**'} |")
+    return "\n".join(lines)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return "-" if value is None else str(value)
+
+
+def report_markdown(report: dict) -> str:
+    """report.json as tables a person reads, with the paper's figures beside ours."""
+    lines = [
+        f"# Evaluation at step {report['step']}",
+        "",
+        f"{report['num_images']} faces of {report['num_people']} people of the "
+        f"`{report['split']}` split (never seen in training), each with its own random key. "
+        "Identity: the independent attacker verifies each output against another photo of "
+        f"the person at its 1%-false-accept threshold ({report['attacker']['threshold']:.3f}).",
+        "",
+        "| output | goal | identity match rate | faces failing | PSNR dB (worst decile) | "
+        "SSIM | paper (CelebA 128px) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in ("original", *OUTPUTS):
+        entry = report[name]
+        goal = "recognised" if SHOULD_MATCH[name] else "not recognised"
+        psnr = (
+            f"{entry['psnr']:.2f} ({entry['psnr_distribution']['worst_decile']:.2f})"
+            if "psnr" in entry
+            else "-"
+        )
+        paper = ", ".join(
+            f"{metric.upper()} {value}" for (out, metric), value in PAPER.items() if out == name
+        )
+        lines.append(
+            f"| {name} | {goal} | {entry['identity_match_rate']:.3f} | "
+            f"{entry['fraction_failing']:.3f} | {psnr} | {_fmt(entry.get('ssim'))} | "
+            f"{paper or '-'} |"
+        )
+    anonymized = report["anonymized"]
+    per_attribute = anonymized["attribute_accuracy_per_attribute"].items()
+    wrong_password = report["recovered_wrong_password"]["fraction_within_4db_of_right_key"]
+    wrong_attributes = report["recovered_wrong_attributes"]["fraction_within_4db_of_right_key"]
+    lines += [
+        "",
+        "Anonymized faces:",
+        f"- requested key attributes shown (attacker's attribute classifier): "
+        f"{anonymized['attribute_accuracy']:.3f} "
+        f"({', '.join(f'{k} {v:.2f}' for k, v in per_attribute)}); "
+        f"the classifier on the real photos: {report['original']['attribute_accuracy']:.3f}",
+        f"- fd_attacker (Frechet distance of attacker embeddings, anonymized vs real): "
+        f"{anonymized['fd_attacker']:.4f}. This is not FID (no InceptionV3 weights here); the "
+        "paper's FID 28 is not comparable.",
+        f"- identity distance to the original (1 - cos): "
+        f"{anonymized['identity_distance_to_original']:.3f}; "
+        f"diversity (two passwords, one face): {anonymized['diversity']:.3f}",
+        f"- edge-map linkage (nearest original by edges is the right one, chance "
+        f"{1 / report['num_images']:.4f}): {anonymized['edge_map_linkage']:.3f}",
+        f"- wrong password within 4 dB of the right key's recovery: {wrong_password:.3f} of "
+        f"faces; wrong attributes: {wrong_attributes:.3f}",
+        "",
+        "Comparability: the paper measured CelebA at 128px with pretrained FaceNet / VGGFace, "
+        "LPIPS and InceptionV3 FID. Ours are synthetic faces at the run's resolution and an "
+        "attacker trained here; PSNR and SSIM are the same definitions (scikit-image's), so "
+        "only they compare in kind, and even they not in value (other data).",
+    ]
+    lines += ["", "## Targets (issue 4)", "", targets_markdown(report)]
+    if "validation" in report:
+        v = report["validation"]
+        lines += [
+            "",
+            f"## Known people (validation split, {v['num_images']} faces)",
+            "",
+            "| output | identity match rate | faces failing | PSNR dB | SSIM |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for name in ("original", *OUTPUTS):
+            e = v[name]
+            lines.append(
+                f"| {name} | {e['identity_match_rate']:.3f} | {e['fraction_failing']:.3f} | "
+                f"{_fmt(e.get('psnr'), 2)} | {_fmt(e.get('ssim'))} |"
+            )
+    if "security" in report:
+        lines += ["", "## Security", "", security_markdown(report["security"])]
+    lines += ["", f"Evaluation time: {report['seconds']:.0f} s."]
+    return "\n".join(lines)
+
+
+def security_markdown(section: dict) -> str:
+    """The security study's tables."""
+    lines = [
+        f"Key space: {section['key_space_bits']} bits; KDF (scrypt) "
+        f"{section['kdf_seconds_per_guess']:.3f} s per guess.",
+        "",
+        "Worst decile: the 90th percentile of PSNR for wrong keys (the tenth of faces a "
+        "wrong key brings closest back), the 10th for the right key (row 0).",
+        "",
+        "| wrong password bits | PSNR dB (worst decile) | identity match rate | "
+        "within 4 dB of right key |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in section["hamming"]:
+        lines.append(
+            f"| {row['bits']} | {row['psnr_mean']:.2f} ({row['psnr_worst_decile']:.2f}) | "
+            f"{row['identity_match_rate']:.3f} | {row['fraction_within_4db_of_right_key']:.3f} |"
+        )
+    lines += ["", "| flipped key attribute | PSNR dB | identity match rate | within 4 dB |",
+              "| --- | --- | --- | --- |"]  # fmt: skip
+    for name, row in section["attribute_flips"].items():
+        lines.append(
+            f"| {name} | {row['psnr_mean']:.2f} | {row['identity_match_rate']:.3f} | "
+            f"{row['fraction_within_4db_of_right_key']:.3f} |"
+        )
+    attack = section["random_key_attack"]
+    goal = section["goal_one_bit_fails_verification"]
+    lines += [
+        "",
+        f"Best of {attack['num_keys']} random keys on {attack['num_faces']} faces: best PSNR "
+        f"{attack['best_psnr_mean']:.2f} dB (right key {attack['right_key_psnr_mean']:.2f}), best "
+        f"similarity {attack['best_similarity_mean']:.3f} (right key "
+        f"{attack['right_key_similarity_mean']:.3f}); faces linked by the best key: "
+        f"{attack['fraction_faces_linked']:.3f}.",
+        "",
+        "| anonymized image stored as | recovered PSNR dB | identity match rate |",
+        "| --- | --- | --- |",
+    ]
+    for name, row in section["recompression"].items():
+        lines.append(f"| {name} | {row['psnr_mean']:.2f} | {row['identity_match_rate']:.3f} |")
+    lines += [
+        "",
+        f"Goal (one wrong bit fails verification for >= 95% of faces): "
+        f"{goal['fraction']:.3f} -> {'met' if goal['met'] else 'NOT met'}.",
+    ]
+    return "\n".join(lines)
