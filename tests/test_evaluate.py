@@ -2,6 +2,7 @@
 the whole report on a tiny trained run with a small attacker."""
 
 import json
+import logging
 
 import ml_collections
 import numpy as np
@@ -119,7 +120,7 @@ def test_targets_table_says_which_bars_are_met():
     )
 
 
-def test_evaluate_run_writes_the_report_on_a_tiny_run(trained_run, tmp_path):
+def test_evaluate_run_writes_the_report_on_a_tiny_run(trained_run, tmp_path, caplog):
     import shutil
 
     from sdn_jax import inference
@@ -134,7 +135,12 @@ def test_evaluate_run_writes_the_report_on_a_tiny_run(trained_run, tmp_path):
     )  # fmt: skip
     config.eval.report = dict(max_people=4, probes_per_person=2, validation_people=3)
     config.eval.security = dict(num_faces=4, num_random_keys=8, random_attack_faces=2)
-    report = evaluate.evaluate_run(config, str(run))
+    with caplog.at_level(logging.INFO, logger="sdn_jax"):
+        report = evaluate.evaluate_run(config, str(run))
+    # Progress of every long part reaches the sdn_jax logger (main.py prints it).
+    progress = ("Training the attacker", "SDN outputs for", "security: best of", "Evaluation took")
+    for text in progress:
+        assert text in caplog.text, text
     saved = json.loads((run / "eval" / "report.json").read_text())
     assert saved["step"] == report["step"] == config.train.num_steps
     assert saved["num_images"] == 8 and saved["num_people"] == 4 and saved["split"] == "test"

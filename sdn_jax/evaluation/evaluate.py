@@ -13,6 +13,7 @@ Run it with `python -m sdn_jax.main --mode evaluate` (the end of training runs i
 """
 
 import json
+import logging
 import os
 import time
 
@@ -20,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging as log
 
 from sdn_jax import inference, keys
 from sdn_jax.data import attributes as attr_lib
@@ -31,6 +31,8 @@ from sdn_jax.evaluation import outputs as outputs_lib
 from sdn_jax.evaluation import settings as eval_settings
 from sdn_jax.evaluation.outputs import OUTPUTS, SHOULD_MATCH
 from sdn_jax.evaluation.report_markdown import report_markdown
+
+log = logging.getLogger("sdn_jax")  # main.py shows it at INFO; absl is at WARNING
 
 REPORT_JSON, REPORT_MD, SECURITY_PLOT = "report.json", "report.md", "security.png"
 KEY_SEED = 4321  # the faces' random keys: fixed, so runs and steps compare

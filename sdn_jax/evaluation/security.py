@@ -27,6 +27,7 @@ faces it loses (not verified, or more than 4 dB below the lossless recovery).
 import dataclasses
 import functools
 import io
+import logging
 import time
 from collections.abc import Callable
 
@@ -34,13 +35,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging as log
 from PIL import Image
 
 from sdn_jax import inference, keys
 from sdn_jax.evaluation import metrics
 from sdn_jax.evaluation import settings as eval_settings
 from sdn_jax.state import apply
+
+log = logging.getLogger("sdn_jax")  # main.py shows it at INFO; absl is at WARNING
 
 GOAL_FRACTION = 0.95  # one wrong bit must fail verification for at least this share
 WITHIN_DB = 4.0  # a wrong key this close to the right key's PSNR gave the face back
