@@ -168,7 +168,8 @@ def classifier_loss(c_params, networks, batch, config, rng=None):
     recolour = w.get("classifier_recolour", 0.0)
     if (damage > 0 or recolour > 0) and rng is not None:
         colour_rng, damage_rng = jax.random.split(rng)
-        copy = augment.damage_patch(damage_rng, augment.recolour(colour_rng, x, recolour), damage)
+        copy = augment.recolour(colour_rng, x, recolour) if recolour > 0 else x
+        copy = augment.damage_patch(damage_rng, copy, damage) if damage > 0 else copy
         embeddings = jnp.concatenate(
             [embeddings, apply(networks["classifier"], c_params, copy).embedding]
         )

@@ -22,6 +22,7 @@ from sdn_jax import checkpointing, sharding, steps
 from sdn_jax import state as state_lib
 from sdn_jax.data import pipeline
 from sdn_jax.evaluation import heldout
+from sdn_jax.evaluation import outputs as outputs_lib
 from sdn_jax.metric_writers import MetricWriter
 from sdn_jax.samples import write_samples
 
@@ -185,7 +186,7 @@ class Trainer:
         )
         warmup_steps = t.get("classifier_warmup_steps", 0)
         samples = _fixed_eval_batch(self.eval_source, t.num_samples)
-        outputs_fn = jax.jit(heldout.make_outputs_fn(self.networks))
+        outputs_fn = jax.jit(outputs_lib.make_outputs_fn(self.networks))
         sample_key = heldout.evaluation_keys(len(samples["image"]), config)
         log.info("Training steps %d -> %d", start, t.num_steps)
         last_time, last_step, compiled_at = time.perf_counter(), start, None

@@ -11,7 +11,7 @@ import pytest
 
 from configs import tiny
 from sdn_jax import benchmark, inference, keys
-from sdn_jax.evaluation import heldout
+from sdn_jax.evaluation import outputs
 
 PASSPHRASE = "inference test passphrase"
 
@@ -53,7 +53,7 @@ def test_key_is_the_kdf_bits_and_attributes_and_its_repr_hides_them(model, key):
 
 
 def test_matches_the_training_forward_pass(model, key, trained_run):
-    """anonymize / recover are exactly the x_A and x_R of heldout.make_outputs_fn."""
+    """anonymize / recover are exactly the x_A and x_R of outputs.make_outputs_fn."""
     images = _images(5)
     batch = len(images)
     broadcast = lambda v: jnp.broadcast_to(v, (batch, v.shape[-1]))
@@ -63,7 +63,7 @@ def test_matches_the_training_forward_pass(model, key, trained_run):
         "wrong_password": broadcast(-key.password),
         "wrong_attributes": broadcast(-key.attributes),
     }
-    expected = jax.jit(heldout.make_outputs_fn(model.networks))(
+    expected = jax.jit(outputs.make_outputs_fn(model.networks))(
         model.params, jnp.asarray(images), training_key
     )
     anonymized = model.anonymize(images, key)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sdn_jax.augment import damage_patch, recolour  # noqa: F401 (the attacker's augmentations)
+from sdn_jax.augment import damage_patch, recolour
 from sdn_jax.evaluation.recognizer_model import Recognizer
 
 log = logging.getLogger("sdn_jax")

@@ -13,7 +13,7 @@ import numpy as np
 
 from sdn_jax import keys
 from sdn_jax.data import attributes as attr_lib
-from sdn_jax.evaluation.outputs import OUTPUTS, make_outputs_fn  # noqa: F401 (used by train.py)
+from sdn_jax.evaluation.outputs import OUTPUTS, make_outputs_fn
 from sdn_jax.state import apply
 
 # Fixed evaluation keys: the same for every checkpoint, so runs and steps compare.
