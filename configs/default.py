@@ -144,16 +144,20 @@ def get_config() -> ml_collections.ConfigDict:
     # After training (and with --mode evaluate): the independent attacker's evaluation,
     # eval/report.json and report.md (sdn_jax/evaluation/evaluate.py).
     evaluation.full_report = True
-    # Probe faces per split (each with its own random key) and a reference photo each.
+    # Probe faces per person (each with its own random key); the attacker's gallery of
+    # each person is eval.attacker.gallery_photos other photos of them.
     evaluation.report = ml_collections.ConfigDict()
     evaluation.report.max_people = 200  # the whole default test split
-    evaluation.report.probes_per_person = 2
-    evaluation.report.validation_people = 100  # known people; 0 skips the split
+    evaluation.report.probes_per_person = 4  # 800 faces: sampling error ~0.01 at rate 0.05
+    # Known people; 0 skips the split. The validation split holds 4 photos of each: the
+    # gallery gets 3, the probe 1.
+    evaluation.report.validation_people = 200
     # The independent attacker (sdn_jax/evaluation/attacker.py), trained once per workdir.
     evaluation.attacker = ml_collections.ConfigDict()
     evaluation.attacker.num_steps = 4000  # identity steps (fewer: faster, lower TAR)
     evaluation.attacker.attribute_steps = 2400  # (fewer: faster, weaker on smiles)
     evaluation.attacker.calibration_people = 100  # train people held out to fix the threshold
+    evaluation.attacker.gallery_photos = 4  # photos of each person the attacker verifies against
     evaluation.attacker.far = 0.01  # the verification threshold's false-accept rate
     # The security study (sdn_jax/evaluation/security.py); the attack dominates its time.
     evaluation.security = ml_collections.ConfigDict()

@@ -1,5 +1,6 @@
 """The independent attacker: its losses, colour augmentation, training, cache and API."""
 
+import copy
 import json
 import logging
 import os
@@ -112,9 +113,29 @@ def test_attacker_recognizes_people_in_new_photos(tiny_attacker):
     assert accuracy >= 0.5, accuracy  # chance: 1/16
     positives, negatives = metrics.verification_pairs(embeddings[held_out], identities[held_out])
     assert positives.mean() > negatives.mean() + 0.3
-    # The stored threshold was fixed on the held-out people's photos at 1% FAR.
+    # The stored thresholds were fixed on the held-out people's photos at 1% FAR.
     assert attacker.info["calibration_far"] <= 0.01
-    assert -1.0 <= attacker.threshold <= 1.0
+    assert attacker.info["calibration_far_one_photo"] <= 0.01
+    assert -1.0 <= attacker.threshold <= 1.0 and -1.0 <= attacker.one_photo_threshold <= 1.0
+
+
+def test_calibrate_fixes_both_thresholds_and_a_gallery_verifies_more(tiny_attacker):
+    # Hand-made embeddings: 40 people, 8 noisy photos each around a direction of their own.
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 16))
+    identities = np.repeat(np.arange(40), 8)
+    embeddings = centres[identities] + 1.2 * rng.normal(size=(320, 16))
+    attacker = copy.copy(tiny_attacker[0])
+    attacker.settings = tiny_settings(gallery_photos=3, far=0.02)
+    attacker.embed = lambda images: embeddings  # the calibration works on embeddings only
+    rates = attacker.calibrate(np.zeros((320, 1, 1, 3)), identities)
+    positives, negatives = metrics.gallery_verification_pairs(embeddings, identities, 3)
+    assert np.mean(negatives > attacker.threshold) <= 0.02 < np.mean(negatives >= attacker.threshold)
+    one_positives, one_negatives = metrics.verification_pairs(embeddings, identities)
+    assert np.mean(one_negatives > attacker.one_photo_threshold) <= 0.02
+    assert rates["calibration_tar"] == np.mean(positives > attacker.threshold)
+    # The mean of 3 photos is a cleaner picture of the person than any one photo.
+    assert rates["calibration_tar"] > rates["calibration_tar_one_photo"] + 0.1, rates
 
 
 def test_attacker_attributes_beat_the_majority_guess(tiny_attacker):

@@ -32,10 +32,21 @@ def test_probes_and_references_pair_each_probe_with_another_photo_of_its_person(
     assert fewer["identities"].tolist() == [0, 0, 0, 2, 2, 3, 3]  # 3 photos: 2 probes
     as_uint8 = lambda x: np.round((x[:, 0, 0, 0] + 1) * 127.5).astype(int)
     probes, references = as_uint8(data["probes"]), as_uint8(data["references"])
-    assert (probes // 10 == data["identities"]).all() and (references // 10 == probes // 10).all()
-    assert (probes != references).all()  # never the probe photo itself
+    assert (probes // 10 == data["identities"]).all()
+    assert data["probe_owner"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert data["reference_owner"].tolist() == [0, 1, 2]
+    assert (references // 10 == [0, 2, 3]).all()  # one photo of each person taken
+    assert not set(probes) & set(references)  # never a probe photo itself
     capped = evaluate.probes_and_references(records, max_people=2, probes_per_person=2)
     assert capped["identities"].tolist() == [0, 0, 2, 2]
+    # Galleries of up to 3 photos come first: person 0 (4 photos) gives 3 and 1 probe,
+    # persons 2 and 3 (3 photos) give 2 and 1 probe.
+    gallery = evaluate.probes_and_references(records, 10, 2, reference_photos=3)
+    assert gallery["identities"].tolist() == [0, 2, 3]
+    assert gallery["reference_owner"].tolist() == [0, 0, 0, 1, 1, 2, 2]
+    gallery_references = as_uint8(gallery["references"])
+    assert (gallery_references // 10 == [0, 0, 0, 2, 2, 3, 3]).all()
+    assert not set(as_uint8(gallery["probes"])) & set(gallery_references)
     with pytest.raises(ValueError, match="has 2 photos"):
         evaluate.probes_and_references([_record(p, 0) for p in range(3)], 10, 2)
 
@@ -78,8 +89,10 @@ def _fake_report(num_images=10) -> dict:
     report = {name: entry() for name in evaluate.OUTPUTS}
     report["original"] = {
         "identity_match_rate": 0.95,
+        "identity_match_rate_one_photo": 0.875,
         "fraction_failing": 0.05,
         "attribute_accuracy": 0.9,
+        "false_accept_rate": 0.0125,
     }
     report["anonymized"].update(
         attribute_accuracy=0.7,
@@ -101,6 +114,8 @@ def test_report_markdown_shows_every_output_and_the_paper_beside_ours():
     assert "28.91" in text and "0.96" in text  # the paper's recovery PSNR and SSIM
     assert "not FID" in text and "Smiling 0.60" in text
     assert "Evaluation at step 7" in text and "0.420" in text
+    assert "| original | recognised | 0.950 | 0.875 |" in text  # gallery, then one photo
+    assert "pass 0.0125 of pairs" in text  # the threshold's false accepts on this split
     json.dumps(_fake_report())  # the report is plain JSON
 
 
@@ -108,14 +123,15 @@ def test_targets_table_says_which_bars_are_met():
     """At least / at most, and figures missing from the report (no security) skipped."""
     text = report_markdown.targets_markdown(_fake_report())
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()[2:]}
-    assert rows["original faces verified"].endswith("| >= 0.9 | 0.950 | yes |")
-    assert rows["anonymized faces verified"].endswith("| <= 0.05 | 0.500 | **no** |")
-    assert rows["recovered PSNR (dB)"].endswith("| 25.000 | yes |")
-    assert rows["requested attributes shown"].endswith("| 0.700 | **no** |")
+    # The one-photo attacker's figure is shown beside ours where the report has one.
+    assert rows["original faces verified"].endswith("| >= 0.9 | 0.950 | yes | 0.875 |")
+    assert rows["anonymized faces verified"].endswith("| <= 0.05 | 0.500 | **no** | - |")
+    assert rows["recovered PSNR (dB)"].endswith("| 25.000 | yes | - |")
+    assert rows["requested attributes shown"].endswith("| 0.700 | **no** | - |")
     assert "one wrong bit fails verification" not in rows
     report = _fake_report()
     report["security"] = {"goal_one_bit_fails_verification": {"fraction": 0.97, "met": True}}
-    assert "| one wrong bit fails verification | >= 0.95 | 0.970 | yes |" in (
+    assert "| one wrong bit fails verification | >= 0.95 | 0.970 | yes | - |" in (
         report_markdown.targets_markdown(report)
     )
 
@@ -146,6 +162,12 @@ def test_evaluate_run_writes_the_report_on_a_tiny_run(trained_run, tmp_path, cap
     assert saved["num_images"] == 8 and saved["num_people"] == 4 and saved["split"] == "test"
     for name in ("original", *evaluate.OUTPUTS):
         assert 0.0 <= saved[name]["identity_match_rate"] <= 1.0
+        assert 0.0 <= saved[name]["identity_match_rate_one_photo"] <= 1.0
+    # Galleries of the attacker's 4 photos on the test split; the validation split holds 2
+    # photos of each person: 1 gallery photo and 1 probe.
+    assert saved["attacker"]["gallery_photos"] == 4 and saved["reference_photos_per_person"] == 4
+    assert saved["validation"]["reference_photos_per_person"] == 1
+    assert 0.0 <= saved["original"]["false_accept_rate"] <= 1.0
     for name in evaluate.OUTPUTS:
         assert np.isfinite(saved[name]["psnr"]) and -1.0 <= saved[name]["ssim"] <= 1.0
     assert 0.0 <= saved["anonymized"]["attribute_accuracy"] <= 1.0

@@ -120,6 +120,36 @@ def test_identity_match_rate_and_distance_on_hand_made_embeddings():
     np.testing.assert_allclose(distance, np.mean(1 - np.array([0.95, 0.7, 0.5, -0.2])))
 
 
+def test_gallery_templates_average_each_owners_unit_embeddings():
+    e = np.array([[2.0, 0.0], [0.0, 5.0], [0.0, -1.0], [3.0, 3.0]])
+    templates = metrics.gallery_templates(e, [0, 0, 1, 1])
+    # Owner 0: the mean of (1, 0) and (0, 1), scale ignored; owner 1: (0, -1) and the unit
+    # diagonal, then normalised.
+    np.testing.assert_allclose(templates[0], [np.sqrt(0.5), np.sqrt(0.5)], atol=1e-12)
+    mean = np.array([np.sqrt(0.5), np.sqrt(0.5) - 1.0]) / 2
+    np.testing.assert_allclose(templates[1], mean / np.linalg.norm(mean), atol=1e-12)
+    np.testing.assert_allclose(metrics.cosine_similarity_matrix(e, templates)[:, 0],
+                               [np.sqrt(0.5), np.sqrt(0.5), -np.sqrt(0.5), 1.0])  # fmt: skip
+    with pytest.raises(ValueError, match="at least one embedding"):
+        metrics.gallery_templates(e, [0, 0, 2, 2])  # owner 1 has none
+    with pytest.raises(ValueError, match="4 embeddings but 3 owners"):
+        metrics.gallery_templates(e, [0, 0, 1])
+
+
+def test_gallery_verification_pairs_score_probes_against_every_gallery():
+    # Person 7: gallery (1, 0), probes at 0 and 90 degrees; person 3: gallery (0, 1) and
+    # one probe at 180 degrees; person 9: a gallery only (no photo beyond it).
+    e = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [-1.0, 0.0]])
+    ids = np.array([3, 7, 7, 7, 3, 9])
+    positives, negatives = metrics.gallery_verification_pairs(e, ids, gallery_photos=1)
+    # People in identity order 3, 7, 9. Probes: person 3's (0, -1); person 7's (1, 0), (0, 1).
+    np.testing.assert_allclose(sorted(positives), [-1.0, 0.0, 1.0])
+    # Each probe against the 2 other people's galleries: 3 probes x 2.
+    np.testing.assert_allclose(sorted(negatives), [-1.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="more than gallery_photos"):
+        metrics.gallery_verification_pairs(e, ids, gallery_photos=3)
+
+
 def test_threshold_at_far_lets_through_the_allowed_share():
     negatives = np.random.default_rng(4).permutation(np.linspace(-1, 1, 1000))
     threshold = metrics.threshold_at_far(negatives, 0.01)

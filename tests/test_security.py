@@ -64,10 +64,11 @@ def model(trained_run):
 def study(model):
     probes, references = _faces(16)
     attacker = _untrained_attacker(probes, references)
+    galleries = attacker.galleries(attacker.embed(references), np.arange(16))  # one photo each
     section = security.security_study(
-        model, attacker, probes, references, tiny.get_config(), settings=SMALL, progress=False
+        model, attacker, probes, galleries, tiny.get_config(), settings=SMALL, progress=False
     )
-    return section, attacker, probes, references
+    return section, attacker, probes, galleries
 
 
 @pytest.mark.parametrize(
@@ -181,10 +182,10 @@ def _last_conv(model) -> int:
 
 
 def test_lossy_copies_degrade_recovery(model, study):
-    _, attacker, probes, references = study
+    _, attacker, probes, galleries = study
     settings = dict(SMALL, num_random_keys=8, random_attack_faces=1)
     section = security.security_study(
-        _identity_model(model), attacker, probes, references, tiny.get_config(),
+        _identity_model(model), attacker, probes, galleries, tiny.get_config(),
         settings=settings, progress=False,
     )  # fmt: skip
     copies = section["recompression"]
@@ -206,7 +207,7 @@ def test_plot_is_a_readable_png(study, tmp_path):
 
 
 def test_settings_from_the_config_and_bad_inputs(model, study):
-    _, attacker, probes, references = study
+    _, attacker, probes, galleries = study
     config = tiny.get_config()
     config.eval.security = ml_collections.ConfigDict({"num_random_keys": 7})
     settings = security.settings_from_config(config, {"num_faces": 3})
@@ -218,7 +219,9 @@ def test_settings_from_the_config_and_bad_inputs(model, study):
     run = lambda *args: security.security_study(
         model, attacker, *args, tiny.get_config(), settings=SMALL, progress=False
     )
-    with pytest.raises(ValueError, match="one reference photo per image"):
-        run(probes, references[:3])
+    with pytest.raises(ValueError, match=r"one gallery embedding \(N, D\) per image"):
+        run(probes, galleries[:3])
+    with pytest.raises(ValueError, match=r"one gallery embedding \(N, D\) per image"):
+        run(probes, probes)  # photos, not the attacker's templates
     with pytest.raises(ValueError, match=r"images must be \(N, 32, 32, 3\)"):
-        run(probes[:, :16], references)
+        run(probes[:, :16], galleries)

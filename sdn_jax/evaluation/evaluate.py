@@ -4,8 +4,9 @@ What an adversary with its own recognizer (sdn_jax.evaluation.attacker, trained 
 original training photos) achieves against SDN's outputs, on people never seen in
 training (the test split) and on known people (validation): for every face, a *probe*
 photo goes through SDN with a random key of its own, and each output is verified against
-a *reference*, another photo of the same person, at the attacker's 1%-false-accept
-threshold. Image quality is PSNR / SSIM against the probe. Per-face distributions are
+the attacker's *gallery* of the person (the mean embedding of other photos of them) at
+the attacker's 1%-false-accept threshold; `identity_match_rate_one_photo` is the same
+for an attacker holding one other photo, averaged over which. Image quality is PSNR / SSIM against the probe. Per-face distributions are
 reported beside the means (worst decile, share of faces failing the goal), because a
 mean can hide a minority of faces that the anonymization does not protect.
 
@@ -40,9 +41,9 @@ KEY_SEED = 4321  # the faces' random keys: fixed, so runs and steps compare
 
 def default_settings() -> ml_collections.ConfigDict:
     s = ml_collections.ConfigDict()
-    s.probes_per_person = 2  # probe photos per person (each with its own key)
+    s.probes_per_person = 4  # probe photos per person (each with its own key)
     s.max_people = 200  # people per split (all of the default test split)
-    s.validation_people = 100  # known people (validation split); 0 skips it
+    s.validation_people = 200  # known people (validation split); 0 skips it
     s.batch_size = 64  # SDN images per jitted call
     s.security = True  # run the security study (sdn_jax.evaluation.security)
     return s
@@ -54,23 +55,30 @@ def settings_from_config(config) -> ml_collections.ConfigDict:
     return eval_settings.with_overrides(default_settings(), overrides, "config.eval.report")
 
 
-def probes_and_references(source, max_people: int, probes_per_person: int) -> dict:
-    """Probe photos and, for each, a different photo of the same person, as float [-1, 1].
+def probes_and_references(
+    source, max_people: int, probes_per_person: int, reference_photos: int = 1
+) -> dict:
+    """Probe photos and, for each person, up to `reference_photos` other photos (the
+    attacker's gallery), as float [-1, 1].
 
-    People are taken in identity order, photos in record order, so the choice is fixed by
-    the split. A person with fewer than probes_per_person + 1 photos gives one probe fewer
-    per missing photo (one photo is always the reference); one with a single photo none.
+    People are taken in identity order, photos in record order (probes first), so the
+    choice is fixed by the split. The gallery comes first: a person with n photos gives
+    min(reference_photos, n - 1) references and at most the n left as probes; one with a
+    single photo gives none. `probe_owner` / `reference_owner` index the people taken.
     """
     identities = pipeline.read_identities(source)
     order = np.argsort(identities, kind="stable")
     _, starts = np.unique(identities[order], return_index=True)
-    probe_index, reference_index, taken = [], [], 0
+    probe_index, reference_index, probe_owner, reference_owner, taken = [], [], [], [], 0
     for group in np.split(order, starts[1:]):
-        count = min(probes_per_person, len(group) - 1)
-        if count < 1 or taken == max_people:
+        references = min(reference_photos, len(group) - 1)
+        count = min(probes_per_person, len(group) - references)
+        if references < 1 or count < 1 or taken == max_people:
             continue
         probe_index.extend(group[:count])
-        reference_index.extend([group[count]] * count)
+        reference_index.extend(group[count : count + references])
+        probe_owner.extend([taken] * count)
+        reference_owner.extend([taken] * references)
         taken += 1
     if not probe_index:
         raise ValueError(
@@ -87,6 +95,8 @@ def probes_and_references(source, max_people: int, probes_per_person: int) -> di
     return dict(
         probes=probes,
         references=references,
+        probe_owner=np.asarray(probe_owner),
+        reference_owner=np.asarray(reference_owner),
         identities=identities[np.asarray(probe_index)],
         attributes=probe_attributes,
     )
@@ -154,22 +164,53 @@ def _distribution(values: np.ndarray, worst: str) -> dict:
     return {"mean": float(np.mean(values)), "worst_decile": float(np.percentile(values, q))}
 
 
+def one_photo_match_rate(attacker, embeddings, reference_embeddings, data) -> float:
+    """The share of (face, reference photo of its person) pairs that verify at the
+    attacker's one-photo threshold: the attacker that holds a single photo, averaged over
+    which photo it holds."""
+    scores = metrics.cosine_similarity_matrix(embeddings, reference_embeddings)
+    own = data["probe_owner"][:, None] == data["reference_owner"][None, :]
+    return float(np.mean(scores[own] > attacker.one_photo_threshold))
+
+
+def false_accept_rates(attacker, embeddings, reference_embeddings, data) -> dict:
+    """On this split's original probes: the share of (probe, another person's gallery)
+    and (probe, another person's photo) pairs that pass, against the 1% calibrated on
+    held-out train people."""
+    galleries = attacker.galleries(reference_embeddings, data["reference_owner"])
+    other = data["probe_owner"][:, None] != np.arange(len(galleries))[None, :]
+    rates = {
+        "false_accept_rate": float(
+            np.mean(metrics.cosine_similarity_matrix(embeddings, galleries)[other] > attacker.threshold)
+        )
+    }
+    if attacker.one_photo_threshold is not None:
+        scores = metrics.cosine_similarity_matrix(embeddings, reference_embeddings)
+        other = data["probe_owner"][:, None] != data["reference_owner"][None, :]
+        rates["false_accept_rate_one_photo"] = float(
+            np.mean(scores[other] > attacker.one_photo_threshold)
+        )
+    return rates
+
+
 def evaluate_split(model, attacker, data: dict, config, settings) -> dict:
     """Every report figure for one split's probes (see the module docstring)."""
-    probes, references = data["probes"], data["references"]
+    probes = data["probes"]
     key = face_keys(len(probes), config)
     start = time.perf_counter()
     out = sdn_outputs(model, probes, key, settings.batch_size)
     log.info("SDN outputs for %d faces in %.1f s", len(probes), time.perf_counter() - start)
-    reference_embedding = attacker.embed(references)
+    reference_embeddings = attacker.embed(data["references"])
+    galleries = attacker.galleries(reference_embeddings, data["reference_owner"])
+    probe_galleries = galleries[data["probe_owner"]]
     embeddings = {"original": attacker.embed(probes)}
     for name in (*OUTPUTS, "anonymized2"):
         embeddings[name] = attacker.embed(out[name])
     original_unit = to_unit(probes)
     section = {}
     for name in ("original", *OUTPUTS):
-        similarity = metrics.cosine_similarity(embeddings[name], reference_embedding)
-        matched = similarity > attacker.threshold
+        similarity = metrics.cosine_similarity(embeddings[name], probe_galleries)
+        matched = attacker.same_person(embeddings[name], probe_galleries)
         entry = {
             "identity_match_rate": float(np.mean(matched)),
             "identity_similarity": _distribution(
@@ -179,6 +220,10 @@ def evaluate_split(model, attacker, data: dict, config, settings) -> dict:
             # still linked to the person if they should not.
             "fraction_failing": float(np.mean(matched != SHOULD_MATCH[name])),
         }
+        if attacker.one_photo_threshold is not None:
+            entry["identity_match_rate_one_photo"] = one_photo_match_rate(
+                attacker, embeddings[name], reference_embeddings, data
+            )
         if name != "original":
             psnr = np.asarray(metrics.psnr(to_unit(out[name]), original_unit))
             ssim = np.asarray(metrics.ssim(to_unit(out[name]), original_unit))
@@ -219,9 +264,15 @@ def evaluate_split(model, attacker, data: dict, config, settings) -> dict:
         embeddings["anonymized"], embeddings["anonymized2"]
     )
     section["anonymized"]["edge_map_linkage"] = edge_map_linkage(out["anonymized"], probes)
+    section["original"].update(
+        false_accept_rates(attacker, embeddings["original"], reference_embeddings, data)
+    )
+    section["reference_photos_per_person"] = float(
+        np.mean(np.bincount(data["reference_owner"]))
+    )
     section["num_images"] = len(probes)
     section["num_people"] = int(len(np.unique(data["identities"])))
-    return section, out
+    return section, probe_galleries
 
 
 def evaluate_run(config, workdir: str, *, step: int | None = None) -> dict:
@@ -245,18 +296,22 @@ def evaluate_run(config, workdir: str, *, step: int | None = None) -> dict:
             manual_dir=config.data.manual_dir,
             **data_lib.dataset_options(config.data),
         )
-        return probes_and_references(source, people, settings.probes_per_person)
+        return probes_and_references(
+            source, people, settings.probes_per_person, attacker.settings.gallery_photos
+        )
 
     split = config.eval.split
     test = split_data(split, settings.max_people)
     log.info("Evaluation: %d %s faces of %d people", len(test["probes"]), split,
              len(np.unique(test["identities"])))  # fmt: skip
-    section, _ = evaluate_split(model, attacker, test, config, settings)
+    section, test_galleries = evaluate_split(model, attacker, test, config, settings)
     report = {"step": int(model.step), "split": split, "num_images": section.pop("num_images")}
     report["num_people"] = section.pop("num_people")
     report.update(section)
     report["attacker"] = {
         "threshold": attacker.threshold,
+        "one_photo_threshold": attacker.one_photo_threshold,
+        "gallery_photos": int(attacker.settings.gallery_photos),
         "far": float(attacker.settings.far),
         **{k: v for k, v in attacker.info.items() if isinstance(v, (int, float, str))},
     }
@@ -268,8 +323,13 @@ def evaluate_run(config, workdir: str, *, step: int | None = None) -> dict:
     if settings.security:
         from sdn_jax.evaluation import security, security_plot  # noqa: PLC0415 (only when asked for)
 
+        # Each person's first probe, then their second...: the study's first faces are
+        # as many different people as there can be.
+        owner = test["probe_owner"]
+        rank = np.arange(len(owner)) - np.searchsorted(owner, owner)
+        spread = np.argsort(rank, kind="stable")
         report["security"] = security.security_study(
-            model, attacker, test["probes"], test["references"], config
+            model, attacker, test["probes"][spread], test_galleries[spread], config
         )
         if jax.process_index() == 0:
             security_plot.plot_security(report["security"], os.path.join(eval_dir, SECURITY_PLOT))

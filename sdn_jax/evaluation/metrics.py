@@ -137,6 +137,14 @@ def cosine_similarity(a, b) -> np.ndarray:
     return np.sum(_unit(a) * _unit(b), axis=-1)
 
 
+def cosine_similarity_matrix(a, b) -> np.ndarray:
+    """(N, M) cosine similarity of every row of `a` with every row of `b`."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"Expected (N, D) and (M, D) embedding sets: {a.shape}, {b.shape}")
+    return _unit(a) @ _unit(b).T
+
+
 def identity_match_rate(probes, references, threshold: float) -> float:
     """Share of probes that verify as their reference's person (cosine > threshold).
 
@@ -184,6 +192,52 @@ def verification_pairs(
             positives.append((members @ members.T)[np.triu_indices(len(members), 1)])
     positives = np.concatenate(positives) if positives else np.zeros(0, np.float32)
     return positives, negatives
+
+
+def gallery_templates(embeddings, owners) -> np.ndarray:
+    """(G, D) unit mean embedding of each owner's rows (owners: (N,) ints 0..G-1, each used):
+    one template per person from all the reference photos an attacker holds of them."""
+    e = _unit(embeddings)
+    owners = np.asarray(owners).reshape(-1)
+    if len(e) != len(owners):
+        raise ValueError(f"{len(e)} embeddings but {len(owners)} owners")
+    count = int(owners.max()) + 1 if len(owners) else 0
+    sums = np.zeros((count, e.shape[-1]), np.float64)
+    np.add.at(sums, owners, e)
+    if (np.bincount(owners, minlength=count) == 0).any():
+        raise ValueError("Every owner 0..G-1 needs at least one embedding")
+    return _unit(sums)
+
+
+def gallery_verification_pairs(embeddings, identities, gallery_photos: int):
+    """Cosine scores of (same-person, different-person) probe-vs-gallery pairs in a set.
+
+    Per person (in identity order), the first `gallery_photos` rows form the gallery
+    template (gallery_templates) and every further row is a probe; each probe is scored
+    against its own person's template and against every other person's. People with no
+    photo beyond the gallery give a template but no probe.
+    """
+    ids = np.asarray(identities).reshape(-1)
+    if len(ids) != len(embeddings):
+        raise ValueError(f"{len(embeddings)} embeddings but {len(ids)} identities")
+    if gallery_photos < 1:
+        raise ValueError(f"gallery_photos must be at least 1, got {gallery_photos}")
+    order = np.argsort(ids, kind="stable")
+    people, starts = np.unique(ids[order], return_index=True)
+    gallery_rows, gallery_owner, probe_rows, probe_owner = [], [], [], []
+    for person, group in enumerate(np.split(order, starts[1:])):
+        gallery_rows.extend(group[:gallery_photos])
+        gallery_owner.extend([person] * len(group[:gallery_photos]))
+        probe_rows.extend(group[gallery_photos:])
+        probe_owner.extend([person] * len(group[gallery_photos:]))
+    if not probe_rows or len(people) < 2:
+        raise ValueError(
+            f"Need 2 people and one with more than gallery_photos ({gallery_photos}) photos"
+        )
+    templates = gallery_templates(np.asarray(embeddings)[gallery_rows], gallery_owner)
+    scores = cosine_similarity_matrix(np.asarray(embeddings)[probe_rows], templates)
+    same = np.asarray(probe_owner)[:, None] == np.arange(len(people))[None, :]
+    return scores[same], scores[~same]
 
 
 def threshold_at_far(negative_scores, far: float = 0.01) -> float:

@@ -2,8 +2,8 @@
 
 SDN's promise is a cliff: the right key gives the face back, a key one bit off gives
 someone else. For each studied face (its own seeded random right key) this measures,
-against the original photo and the attacker's recognizer (verification against another
-photo of the person at the attacker's fixed 1%-false-accept threshold):
+against the original photo and the attacker's recognizer (verification against its
+gallery of the person, at the attacker's fixed 1%-false-accept threshold):
 
 * `hamming`: recovery with passwords 0, 1, 2, 4, 8, 16 and K/2 bits away from the right
   one (exactly that many bits flipped per face), the right attribute choices;
@@ -227,13 +227,13 @@ def _psnr(images, originals) -> np.ndarray:
     return np.minimum(np.asarray(value, np.float64), MAX_PSNR)
 
 
-def outcome(images, originals, reference_embeddings, attacker) -> dict:
-    """Per-face PSNR, attacker similarity to the reference photo, and verification."""
+def outcome(images, originals, galleries, attacker) -> dict:
+    """Per-face PSNR, attacker similarity to the person's gallery, and verification."""
     embeddings = attacker.embed(images)
     return {
         "psnr": _psnr(images, originals),
-        "similarity": metrics.cosine_similarity(embeddings, reference_embeddings),
-        "linked": np.asarray(attacker.same_person(embeddings, reference_embeddings), bool),
+        "similarity": metrics.cosine_similarity(embeddings, galleries),
+        "linked": np.asarray(attacker.same_person(embeddings, galleries), bool),
     }
 
 
@@ -267,7 +267,7 @@ class _Faces:
     model: object
     attacker: object
     originals: np.ndarray  # (n, S, S, 3) in [-1, 1]
-    references: np.ndarray  # attacker embeddings of the other photo of each person
+    galleries: np.ndarray  # (n, D) the attacker's template of each face's person
     stored: np.ndarray  # the right key's anonymized images, as a PNG holds them
     password: np.ndarray
     attributes: np.ndarray
@@ -279,7 +279,7 @@ class _Faces:
         recovered = transform(
             self.model, anonymized, keys.RECOVER, password, attributes, self.batch_size
         )
-        return outcome(recovered, self.originals, self.references, self.attacker)
+        return outcome(recovered, self.originals, self.galleries, self.attacker)
 
 
 def hamming_study(faces: _Faces, rng, distances) -> tuple[list, dict]:
@@ -340,7 +340,7 @@ def random_key_attack(faces: _Faces, settings, rng) -> dict:
             faces.model, faces.stored[i], password, attributes, settings.keys_per_call
         )
         original = np.broadcast_to(faces.originals[i], recovered.shape)
-        result = outcome(recovered, original, faces.references[[i] * n], faces.attacker)
+        result = outcome(recovered, original, faces.galleries[[i] * n], faces.attacker)
         best_psnr[i], best_similarity[i] = result["psnr"].max(), result["similarity"].max()
         linked[i], keys_linked[i] = result["linked"].any(), result["linked"].mean()
         if i == 0 or (i + 1) % max(1, count // 4) == 0:
@@ -367,27 +367,26 @@ def random_key_attack(faces: _Faces, settings, rng) -> dict:
     }
 
 
-def _check_inputs(model, images: np.ndarray, references: np.ndarray) -> None:
+def _check_inputs(model, images: np.ndarray, galleries: np.ndarray) -> None:
     size = model.image_size
-    for name, array in (("images", images), ("references", references)):
-        if array.ndim != 4 or array.shape[1:] != (size, size, 3):
-            raise ValueError(f"{name} must be (N, {size}, {size}, 3), got {array.shape}")
-        if array.size and not (array.min() >= -1.0 and array.max() <= 1.0):
-            raise ValueError(f"{name} must be in [-1, 1]")
-    if len(images) != len(references) or not len(images):
+    if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+        raise ValueError(f"images must be (N, {size}, {size}, 3), got {images.shape}")
+    if images.size and not (images.min() >= -1.0 and images.max() <= 1.0):
+        raise ValueError("images must be in [-1, 1]")
+    if galleries.ndim != 2 or len(images) != len(galleries) or not len(images):
         raise ValueError(
-            f"need at least one image and one reference photo per image, got "
-            f"{len(images)} images and {len(references)} references"
+            f"need at least one image and one gallery embedding (N, D) per image, got "
+            f"{len(images)} images and galleries of shape {galleries.shape}"
         )
 
 
-def _prepare(model, attacker, images, references, settings, rng, say) -> _Faces:
+def _prepare(model, attacker, images, galleries, settings, rng, say) -> _Faces:
     """The right keys, the anonymized faces as stored, and the right key's recovery."""
     n = len(images)
     password, attributes = right_keys(rng, n, model.config)
     anonymized = transform(model, images, keys.ANONYMIZE, password, attributes, settings.batch_size)
     faces = _Faces(
-        model=model, attacker=attacker, originals=images, references=attacker.embed(references),
+        model=model, attacker=attacker, originals=images, galleries=galleries,
         stored=to_float(png_copies(to_uint8(anonymized))), password=password,
         attributes=attributes, batch_size=int(settings.batch_size), say=say,
     )  # fmt: skip
@@ -395,23 +394,24 @@ def _prepare(model, attacker, images, references, settings, rng, say) -> _Faces:
     return faces
 
 
-def security_study(model, attacker, images, references, config, *, settings=None, progress=True):
+def security_study(model, attacker, images, galleries, config, *, settings=None, progress=True):
     """report.json's `security` section (module docstring) for `images` ((N, S, S, 3) in
-    [-1, 1], people never seen in training) and `references` (another photo of each).
+    [-1, 1], people never seen in training) and `galleries` ((N, D): the attacker's
+    template of each image's person, from other photos: Attacker.galleries).
 
     `settings` (a mapping or ConfigDict) overrides default_settings() and config.eval.security.
     """
     settings = settings_from_config(config, settings)
-    images, references = np.asarray(images, np.float32), np.asarray(references, np.float32)
-    _check_inputs(model, images, references)
+    images, galleries = np.asarray(images, np.float32), np.asarray(galleries, np.float32)
+    _check_inputs(model, images, galleries)
     started, say = time.perf_counter(), log.info if progress else lambda *args: None
     n = min(int(settings.num_faces), len(images))
     k, num_attributes = int(model.config.model.password_bits), len(model.key_attributes)
     say("security: %d faces, each with its own key (%d password bits, %d key attributes)",
         n, k, num_attributes)  # fmt: skip
     rng_right, rng_hamming, rng_attack = jax.random.split(jax.random.key(settings.seed), 3)
-    faces = _prepare(model, attacker, images[:n], references[:n], settings, rng_right, say)
-    anonymized = outcome(faces.stored, faces.originals, faces.references, attacker)
+    faces = _prepare(model, attacker, images[:n], galleries[:n], settings, rng_right, say)
+    anonymized = outcome(faces.stored, faces.originals, faces.galleries, attacker)
     hamming, per_distance = hamming_study(faces, rng_hamming, hamming_distances(settings, k))
     fraction = float(np.mean(~per_distance[1]["linked"]))
     section = {
