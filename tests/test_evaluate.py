@@ -51,6 +51,15 @@ def test_probes_and_references_pair_each_probe_with_another_photo_of_its_person(
         evaluate.probes_and_references([_record(p, 0) for p in range(3)], 10, 2)
 
 
+def test_spread_over_people_takes_each_persons_first_probe_first():
+    owner = np.array([0, 0, 0, 1, 2, 2])
+    order = evaluate.spread_over_people(owner)
+    assert order.tolist() == [0, 3, 4, 1, 5, 2]
+    assert owner[order[:3]].tolist() == [0, 1, 2]  # 3 faces: 3 different people
+    with pytest.raises(ValueError, match="grouped by person"):
+        evaluate.spread_over_people(np.array([1, 0]))
+
+
 def test_face_keys_wrong_keys_differ_as_stated():
     config = tiny.get_config()
     key = evaluate.face_keys(50, config)

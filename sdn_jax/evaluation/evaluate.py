@@ -275,6 +275,17 @@ def evaluate_split(model, attacker, data: dict, config, settings) -> dict:
     return section, probe_galleries
 
 
+def spread_over_people(probe_owner: np.ndarray) -> np.ndarray:
+    """An order of the probes (grouped by person, people in order) that takes every
+    person's first probe, then every person's second, ...: the first n faces of it are as
+    many different people as there can be (the security study takes the first n)."""
+    owner = np.asarray(probe_owner)
+    if np.any(np.diff(owner) < 0):
+        raise ValueError("probe_owner must be grouped by person in increasing order")
+    rank = np.arange(len(owner)) - np.searchsorted(owner, owner)
+    return np.argsort(rank, kind="stable")
+
+
 def evaluate_run(config, workdir: str, *, step: int | None = None) -> dict:
     """Evaluates the run in `workdir` (its newest checkpoint, or `step`) and writes
     eval/report.json, eval/report.md and eval/security.png. Returns the report."""
@@ -323,11 +334,7 @@ def evaluate_run(config, workdir: str, *, step: int | None = None) -> dict:
     if settings.security:
         from sdn_jax.evaluation import security, security_plot  # noqa: PLC0415 (only when asked for)
 
-        # Each person's first probe, then their second...: the study's first faces are
-        # as many different people as there can be.
-        owner = test["probe_owner"]
-        rank = np.arange(len(owner)) - np.searchsorted(owner, owner)
-        spread = np.argsort(rank, kind="stable")
+        spread = spread_over_people(test["probe_owner"])
         report["security"] = security.security_study(
             model, attacker, test["probes"][spread], test_galleries[spread], config
         )
