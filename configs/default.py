@@ -86,6 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
     loss.wrong_attributes = 0.0
     loss.identity_removal = 0.0  # -log(1 - p_C(y | x_A)) and for x_W (needs C's softmax)
     loss.identity_embedding = 2.0  # (1 + cos(f(x_A), f(x))) / 2 and for x_W
+    loss.identity_power = 1.0  # that term to this power: > 1 pushes hardest on faces still alike
     loss.club = 0.1  # CLUB upper bound on I(f(x); f(x_A))
     loss.diversity = 2.0  # (1 + cos(f(x_A), f(x_A2))) / 2: two passwords, two people
     loss.wrong_diversity = 1.0  # (1 + cos(f(x_W), f(x_A))) / 2

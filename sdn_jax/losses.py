@@ -68,9 +68,13 @@ def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sum(a * b, axis=-1))
 
 
-def dissimilarity(a: jax.Array, b: jax.Array) -> jax.Array:
-    """(1 + cos) / 2 in [0, 1]: minimised, it drives cos(a, b) towards -1 (different people)."""
-    return 0.5 * (1.0 + cosine_similarity(a, b))
+def dissimilarity(a: jax.Array, b: jax.Array, power: float = 1.0) -> jax.Array:
+    """Mean of ((1 + cos) / 2) ** power over rows, in [0, 1]: minimised, it drives cos(a, b)
+    towards -1 (different people). power > 1 pushes hardest on the rows still most alike
+    (at power 2 a row's gradient grows with its cosine) and as hard as power 1 at cos 0."""
+    a = a / (jnp.linalg.norm(a, axis=-1, keepdims=True) + 1e-6)
+    b = b / (jnp.linalg.norm(b, axis=-1, keepdims=True) + 1e-6)
+    return jnp.mean((0.5 * (1.0 + jnp.sum(a * b, axis=-1))) ** power)
 
 
 def mismatch(a: jax.Array, b: jax.Array) -> jax.Array:

@@ -116,6 +116,7 @@ def generator_loss(gen_params, frozen_params, networks, batch, key, step, config
     mean, log_var = apply(networks["club"], params["club"], f_x, f_x.shape[-1])
     q_logits = apply(networks["key_predictor"], params["key_predictor"], x, x_a)
 
+    identity_power = w.get("identity_power", 1.0)  # runs saved before it existed: 1
     terms = {
         "adversarial": adversarial,
         "recovery": losses.l1(x_r, x),
@@ -130,7 +131,8 @@ def generator_loss(gen_params, frozen_params, networks, batch, key, step, config
             attrs[4][:, key_index], key["wrong_attributes"] + 0.5
         ),
         "identity_removal": losses.identity_removal(ids[1], y) + losses.identity_removal(ids[4], y),
-        "identity_embedding": losses.dissimilarity(emb[1], f_x) + losses.dissimilarity(emb[4], f_x),
+        "identity_embedding": losses.dissimilarity(emb[1], f_x, identity_power)
+        + losses.dissimilarity(emb[4], f_x, identity_power),
         "club": losses.club_upper_bound(mean, log_var, emb[1]),
         "diversity": losses.dissimilarity(emb[1], emb[2]),
         "wrong_diversity": losses.dissimilarity(emb[4], jax.lax.stop_gradient(emb[1])),
