@@ -132,7 +132,6 @@ def test_cosine_similarity_and_dissimilarity():
     )
 
 
-
 def test_dissimilarity_power_pushes_hardest_on_the_rows_still_alike():
     # Row 0 at cos 0.8 to its target, row 1 at cos -0.6.
     a = f32([[0.8, 0.6], [-0.6, 0.8]])
@@ -140,9 +139,7 @@ def test_dissimilarity_power_pushes_hardest_on_the_rows_still_alike():
     assert float(losses.dissimilarity(a, b, 2.0)) == pytest.approx((0.9**2 + 0.2**2) / 2, abs=1e-5)
     # d/d cos_i of the mean of ((1 + cos_i) / 2) ** 2 is (1 + cos_i) / 4 per row: 0.45 vs 0.1,
     # against 0.25 each at power 1.
-    grad = lambda power: np.asarray(
-        jax.grad(lambda x: losses.dissimilarity(x, b, power))(a)
-    )
+    grad = lambda power: np.asarray(jax.grad(lambda x: losses.dissimilarity(x, b, power))(a))
     ratio = np.linalg.norm(grad(2.0), axis=1) / np.linalg.norm(grad(1.0), axis=1)
     np.testing.assert_allclose(ratio, [0.45 / 0.25, 0.1 / 0.25], rtol=1e-3)
 

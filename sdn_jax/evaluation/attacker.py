@@ -110,8 +110,8 @@ class Attacker:
         self.identity_params = identity_params
         self.attribute_params = attribute_params
         self.threshold = float(threshold)  # for galleries of settings.gallery_photos photos
-        self.one_photo_threshold = None if one_photo_threshold is None else float(
-            one_photo_threshold
+        self.one_photo_threshold = (
+            None if one_photo_threshold is None else float(one_photo_threshold)
         )
         self.info = dict(info or {})
         identity = attacker_training.identity_network(settings)

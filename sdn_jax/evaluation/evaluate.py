@@ -6,9 +6,10 @@ training (the test split) and on known people (validation): for every face, a *p
 photo goes through SDN with a random key of its own, and each output is verified against
 the attacker's *gallery* of the person (the mean embedding of other photos of them) at
 the attacker's 1%-false-accept threshold; `identity_match_rate_one_photo` is the same
-for an attacker holding one other photo, averaged over which. Image quality is PSNR / SSIM against the probe. Per-face distributions are
-reported beside the means (worst decile, share of faces failing the goal), because a
-mean can hide a minority of faces that the anonymization does not protect.
+for an attacker holding one other photo, averaged over which. Image quality is PSNR /
+SSIM against the probe. Per-face distributions are reported beside the means (worst
+decile, share of faces failing the goal), because a mean can hide a minority of faces
+that the anonymization does not protect.
 
 Run it with `python -m sdn_jax.main --mode evaluate` (the end of training runs it too).
 """
@@ -178,12 +179,9 @@ def false_accept_rates(attacker, embeddings, reference_embeddings, data) -> dict
     and (probe, another person's photo) pairs that pass, against the 1% calibrated on
     held-out train people."""
     galleries = attacker.galleries(reference_embeddings, data["reference_owner"])
+    scores = metrics.cosine_similarity_matrix(embeddings, galleries)
     other = data["probe_owner"][:, None] != np.arange(len(galleries))[None, :]
-    rates = {
-        "false_accept_rate": float(
-            np.mean(metrics.cosine_similarity_matrix(embeddings, galleries)[other] > attacker.threshold)
-        )
-    }
+    rates = {"false_accept_rate": float(np.mean(scores[other] > attacker.threshold))}
     if attacker.one_photo_threshold is not None:
         scores = metrics.cosine_similarity_matrix(embeddings, reference_embeddings)
         other = data["probe_owner"][:, None] != data["reference_owner"][None, :]
@@ -267,9 +265,7 @@ def evaluate_split(model, attacker, data: dict, config, settings) -> dict:
     section["original"].update(
         false_accept_rates(attacker, embeddings["original"], reference_embeddings, data)
     )
-    section["reference_photos_per_person"] = float(
-        np.mean(np.bincount(data["reference_owner"]))
-    )
+    section["reference_photos_per_person"] = float(np.mean(np.bincount(data["reference_owner"])))
     section["num_images"] = len(probes)
     section["num_people"] = int(len(np.unique(data["identities"])))
     return section, probe_galleries
