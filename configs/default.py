@@ -87,6 +87,8 @@ def get_config() -> ml_collections.ConfigDict:
     loss.identity_removal = 0.0  # -log(1 - p_C(y | x_A)) and for x_W (needs C's softmax)
     loss.identity_embedding = 2.0  # (1 + cos(f(x_A), f(x))) / 2 and for x_W
     loss.identity_power = 1.0  # that term to this power: > 1 pushes hardest on faces still alike
+    # Away from whom: "photo" (f(x)) or "person" (the mean of f over their photos in the batch).
+    loss.identity_target = "photo"
     loss.club = 0.1  # CLUB upper bound on I(f(x); f(x_A))
     loss.diversity = 2.0  # (1 + cos(f(x_A), f(x_A2))) / 2: two passwords, two people
     loss.wrong_diversity = 1.0  # (1 + cos(f(x_W), f(x_A))) / 2

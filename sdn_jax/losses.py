@@ -101,6 +101,17 @@ def supervised_contrastive(embeddings: jax.Array, labels: jax.Array, temperature
     return jnp.sum(jnp.where(has_positive, per_row, 0.0)) / jnp.maximum(has_positive.sum(), 1)
 
 
+def person_centroids(embeddings: jax.Array, labels: jax.Array) -> jax.Array:
+    """Each row's person in the batch: the unit mean of the unit embeddings of every row
+    with its label (itself included, so a person seen once is their own photo). What a
+    recognizer holding several photos compares with: identity without one photo's pose,
+    light and expression."""
+    unit = embeddings / (jnp.linalg.norm(embeddings, axis=-1, keepdims=True) + 1e-6)
+    same = (labels[:, None] == labels[None, :]).astype(unit.dtype)
+    mean = same @ unit / jnp.sum(same, axis=-1, keepdims=True)
+    return mean / (jnp.linalg.norm(mean, axis=-1, keepdims=True) + 1e-6)
+
+
 def gaussian_log_likelihood(mean: jax.Array, log_var: jax.Array, y: jax.Array) -> jax.Array:
     """Per-row log q(y | x) of a diagonal Gaussian, up to the constant."""
     return jnp.sum(-0.5 * ((y - mean) ** 2 * jnp.exp(-log_var) + log_var), axis=-1)

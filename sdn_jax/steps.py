@@ -117,6 +117,14 @@ def generator_loss(gen_params, frozen_params, networks, batch, key, step, config
     q_logits = apply(networks["key_predictor"], params["key_predictor"], x, x_a)
 
     identity_power = w.get("identity_power", 1.0)  # runs saved before it existed: 1
+    # What x_A and x_W must not look like: this photo's embedding, or the person's (the
+    # mean over their photos in the batch), which is what a gallery attacker holds.
+    identity_target = w.get("identity_target", "photo")
+    if identity_target not in ("photo", "person"):
+        raise ValueError(
+            f"loss.identity_target must be 'photo' or 'person', got {identity_target!r}"
+        )
+    f_away = f_x if identity_target == "photo" else losses.person_centroids(f_x, y)
     terms = {
         "adversarial": adversarial,
         "recovery": losses.l1(x_r, x),
@@ -131,8 +139,8 @@ def generator_loss(gen_params, frozen_params, networks, batch, key, step, config
             attrs[4][:, key_index], key["wrong_attributes"] + 0.5
         ),
         "identity_removal": losses.identity_removal(ids[1], y) + losses.identity_removal(ids[4], y),
-        "identity_embedding": losses.dissimilarity(emb[1], f_x, identity_power)
-        + losses.dissimilarity(emb[4], f_x, identity_power),
+        "identity_embedding": losses.dissimilarity(emb[1], f_away, identity_power)
+        + losses.dissimilarity(emb[4], f_away, identity_power),
         "club": losses.club_upper_bound(mean, log_var, emb[1]),
         "diversity": losses.dissimilarity(emb[1], emb[2]),
         "wrong_diversity": losses.dissimilarity(emb[4], jax.lax.stop_gradient(emb[1])),

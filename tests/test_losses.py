@@ -144,6 +144,18 @@ def test_dissimilarity_power_pushes_hardest_on_the_rows_still_alike():
     np.testing.assert_allclose(ratio, [0.45 / 0.25, 0.1 / 0.25], rtol=1e-3)
 
 
+def test_person_centroids_average_each_persons_photos_in_the_batch():
+    # Person 5: two photos at 0 and 90 degrees (any scale); person 2: one photo.
+    e = f32([[3.0, 0.0], [0.0, 1.0], [0.0, -2.0]])
+    centroids = np.asarray(losses.person_centroids(e, jnp.array([5, 2, 5])))
+    half = np.sqrt(0.5)
+    np.testing.assert_allclose(centroids, [[half, -half], [0.0, 1.0], [half, -half]], atol=1e-5)
+    # Pushing x_A away from the centroid, not from its own photo: a different target.
+    assert float(losses.dissimilarity(e[:1], centroids[:1])) == pytest.approx(
+        (1 + half) / 2, abs=1e-5
+    )
+
+
 def test_gaussian_log_likelihood_matches_numpy():
     rng = np.random.default_rng(0)
     mean, y = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))

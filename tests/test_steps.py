@@ -172,6 +172,34 @@ def test_classifier_augmented_copies_join_as_positives(config, networks, params,
     assert abs(float(metrics["c_contrastive"]) - float(clean_metrics["c_contrastive"])) > 1e-3
 
 
+def test_identity_target_person_pushes_away_from_the_batch_centroid(config, networks, params):
+    """loss.identity_target "person": x_A's identity term is measured against the mean
+    embedding of the person's photos in the batch, not against its own photo."""
+    batch = _synthetic_batches(NUM_IDENTITIES, config.data.image_size, count=1)[0]
+    batch["identity"] = np.repeat(np.arange(4), 2).astype(np.int32)
+    key = steps.sample_keys(jax.random.key(5), 8, config)
+    run = lambda cfg: steps.generator_loss({}, params, networks, batch, key, jnp.int32(10**6), cfg)[
+        1
+    ]
+
+    person_config = config.copy_and_resolve_references()
+    person_config.loss.identity_target = "person"
+    photo, person = run(config), run(person_config)
+    emb = state_lib.apply(
+        networks["classifier"], params["classifier"],
+        jnp.concatenate([jnp.asarray(batch["image"]), photo["fakes"][:8], photo["fakes"][16:]]),
+    ).embedding  # fmt: skip
+    f_x, e_a, e_w = jnp.split(emb, 3)
+    centroid = losses.person_centroids(f_x, jnp.asarray(batch["identity"]))
+    expected = losses.dissimilarity(e_a, centroid) + losses.dissimilarity(e_w, centroid)
+    np.testing.assert_allclose(person["terms"]["identity_embedding"], expected, rtol=1e-4)
+    assert abs(float(person["terms"]["identity_embedding"])
+               - float(photo["terms"]["identity_embedding"])) > 1e-4  # fmt: skip
+    person_config.loss.identity_target = "people"
+    with pytest.raises(ValueError, match="identity_target must be 'photo' or 'person'"):
+        run(person_config)
+
+
 # ------------------------------------------------------------------ sharded == 1 device
 
 NUM_STEPS = 3  # the first step's learning rate is 0 (warm-up from 0): step 3 reads step 2's update
