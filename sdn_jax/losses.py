@@ -61,20 +61,24 @@ def identity_removal(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(-jnp.log1p(-jnp.clip(p_true, 0.0, 1.0 - 1e-6)))
 
 
+def _unit_rows(x: jax.Array) -> jax.Array:
+    return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + 1e-6)
+
+
+def _row_cosines(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.sum(_unit_rows(a) * _unit_rows(b), axis=-1)
+
+
 def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
     """Mean cosine similarity of two batches of embeddings (rows need not be unit)."""
-    a = a / (jnp.linalg.norm(a, axis=-1, keepdims=True) + 1e-6)
-    b = b / (jnp.linalg.norm(b, axis=-1, keepdims=True) + 1e-6)
-    return jnp.mean(jnp.sum(a * b, axis=-1))
+    return jnp.mean(_row_cosines(a, b))
 
 
 def dissimilarity(a: jax.Array, b: jax.Array, power: float = 1.0) -> jax.Array:
     """Mean of ((1 + cos) / 2) ** power over rows, in [0, 1]: minimised, it drives cos(a, b)
     towards -1 (different people). power > 1 pushes hardest on the rows still most alike
     (at power 2 a row's gradient grows with its cosine) and as hard as power 1 at cos 0."""
-    a = a / (jnp.linalg.norm(a, axis=-1, keepdims=True) + 1e-6)
-    b = b / (jnp.linalg.norm(b, axis=-1, keepdims=True) + 1e-6)
-    return jnp.mean((0.5 * (1.0 + jnp.sum(a * b, axis=-1))) ** power)
+    return jnp.mean((0.5 * (1.0 + _row_cosines(a, b))) ** power)
 
 
 def mismatch(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -106,10 +110,9 @@ def person_centroids(embeddings: jax.Array, labels: jax.Array) -> jax.Array:
     with its label (itself included, so a person seen once is their own photo). What a
     recognizer holding several photos compares with: identity without one photo's pose,
     light and expression."""
-    unit = embeddings / (jnp.linalg.norm(embeddings, axis=-1, keepdims=True) + 1e-6)
+    unit = _unit_rows(embeddings)
     same = (labels[:, None] == labels[None, :]).astype(unit.dtype)
-    mean = same @ unit / jnp.sum(same, axis=-1, keepdims=True)
-    return mean / (jnp.linalg.norm(mean, axis=-1, keepdims=True) + 1e-6)
+    return _unit_rows(same @ unit / jnp.sum(same, axis=-1, keepdims=True))
 
 
 def gaussian_log_likelihood(mean: jax.Array, log_var: jax.Array, y: jax.Array) -> jax.Array:

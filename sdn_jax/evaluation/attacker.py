@@ -230,31 +230,6 @@ def split_calibration(identities: np.ndarray, calibration_people: int):
     return ~calibration, calibration
 
 
-def verification_summary(attacker: Attacker, images, identities, far: float = 0.01) -> dict:
-    """TAR and FAR at the attacker's fixed thresholds, and TAR at `far` on this set's own
-    threshold: for galleries (each person's first gallery_photos photos; every other photo
-    a probe) and for single photos (every pair of different photos)."""
-    embeddings = attacker.embed(images)
-    summary = {}
-    for prefix, (positives, negatives), fixed_threshold in (
-        ("", metrics.gallery_verification_pairs(
-            embeddings, identities, attacker.settings.gallery_photos), attacker.threshold),
-        ("one_photo_", metrics.verification_pairs(embeddings, identities),
-         attacker.one_photo_threshold),
-    ):  # fmt: skip
-        own_threshold = metrics.threshold_at_far(negatives, far)
-        own = metrics.verification_rates(positives, negatives, own_threshold)
-        summary[f"{prefix}tar_at_far_{far:g}"] = own["tar"]
-        summary[f"{prefix}threshold_at_far"] = own_threshold
-        if fixed_threshold is not None:
-            fixed = metrics.verification_rates(positives, negatives, fixed_threshold)
-            summary[f"{prefix}tar_at_fixed_threshold"] = fixed["tar"]
-            summary[f"{prefix}far_at_fixed_threshold"] = fixed["far"]
-        summary[f"{prefix}positive_pairs"] = int(len(positives))
-        summary[f"{prefix}negative_pairs"] = int(len(negatives))
-    return summary
-
-
 def attribute_weights(key_attributes, settings) -> np.ndarray:
     """(40,) loss weights: `key_attribute_weight` for the key attributes, 1 for the rest."""
     weights = np.ones(len(attr_lib.CELEBA_ATTRIBUTES), np.float32)

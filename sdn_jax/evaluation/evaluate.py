@@ -174,11 +174,10 @@ def one_photo_match_rate(attacker, embeddings, reference_embeddings, data) -> fl
     return float(np.mean(scores[own] > attacker.one_photo_threshold))
 
 
-def false_accept_rates(attacker, embeddings, reference_embeddings, data) -> dict:
+def false_accept_rates(attacker, embeddings, reference_embeddings, galleries, data) -> dict:
     """On this split's original probes: the share of (probe, another person's gallery)
     and (probe, another person's photo) pairs that pass, against the 1% calibrated on
     held-out train people."""
-    galleries = attacker.galleries(reference_embeddings, data["reference_owner"])
     scores = metrics.cosine_similarity_matrix(embeddings, galleries)
     other = data["probe_owner"][:, None] != np.arange(len(galleries))[None, :]
     rates = {"false_accept_rate": float(np.mean(scores[other] > attacker.threshold))}
@@ -263,7 +262,7 @@ def evaluate_split(model, attacker, data: dict, config, settings) -> dict:
     )
     section["anonymized"]["edge_map_linkage"] = edge_map_linkage(out["anonymized"], probes)
     section["original"].update(
-        false_accept_rates(attacker, embeddings["original"], reference_embeddings, data)
+        false_accept_rates(attacker, embeddings["original"], reference_embeddings, galleries, data)
     )
     section["reference_photos_per_person"] = float(np.mean(np.bincount(data["reference_owner"])))
     section["num_images"] = len(probes)
