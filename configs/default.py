@@ -111,6 +111,11 @@ def get_config() -> ml_collections.ConfigDict:
     loss.classifier_damage = 0.0
     # Share of that copy recoloured (augment.recolour): C must know people by shape, not tint.
     loss.classifier_recolour = 0.0
+    # C sees each generated face in the generator loss through a random shift of up to
+    # this many pixels and a mirror with this probability (0, 0: as generated).
+    loss.critic_shift = 0
+    loss.critic_flip = 0.0
+    loss.critic_recolour = 0.0  # and recoloured (augment.recolour) with this probability
     loss.ramp_steps = 200  # non-reconstruction generator terms ramp in linearly
 
     config.optim = optim = ml_collections.ConfigDict()

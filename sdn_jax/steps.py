@@ -93,7 +93,25 @@ def dual_pass(
     )
 
 
-def generator_loss(gen_params, frozen_params, networks, batch, key, step, config):
+def critic_inputs(rng, x, generated, config):
+    """C's input in the generator loss: the real batch, then the generated ones. With
+    loss.critic_shift / loss.critic_flip > 0 (and an rng) every generated image is seen
+    through its own random shift and mirror: G must fool C at any alignment, not
+    at one, which is what carries over to an independent recognizer."""
+    shift = config.loss.get("critic_shift", 0)
+    flip = config.loss.get("critic_flip", 0.0)
+    recolour = config.loss.get("critic_recolour", 0.0)
+    generated = jnp.concatenate(generated)
+    if rng is not None:
+        view_rng, colour_rng = jax.random.split(rng)
+        if shift > 0 or flip > 0:
+            generated = augment.shift_and_flip(view_rng, generated, shift, flip)
+        if recolour > 0:
+            generated = augment.recolour(colour_rng, generated, recolour)
+    return jnp.concatenate([x, generated])
+
+
+def generator_loss(gen_params, frozen_params, networks, batch, key, step, config, rng=None):
     params = {**frozen_params, **gen_params}
     w = config.loss
     x, y = batch["image"], batch["identity"]
@@ -106,7 +124,9 @@ def generator_loss(gen_params, frozen_params, networks, batch, key, step, config
         apply(networks["discriminator"], params["discriminator"], fakes)
     )
     c = apply(
-        networks["classifier"], params["classifier"], jnp.concatenate([x, x_a, x_a2, x_r, x_w])
+        networks["classifier"],
+        params["classifier"],
+        critic_inputs(rng, x, [x_a, x_a2, x_r, x_w], config),
     )
     emb = jnp.split(c.embedding, 5)
     ids = jnp.split(c.identity_logits, 5)
@@ -246,7 +266,7 @@ def train_step(state: TrainState, batch: dict, *, networks, optimizers, config, 
     gen_params = {k: params[k] for k in GENERATOR_NETWORKS}
     frozen = {k: v for k, v in params.items() if k not in GENERATOR_NETWORKS}
     (g_total, aux), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(
-        gen_params, frozen, networks, batch, key, state.step, config
+        gen_params, frozen, networks, batch, key, state.step, config, jax.random.fold_in(rng, 2)
     )
     for name in GENERATOR_NETWORKS:
         params[name], opt_state[name] = _update(

@@ -200,6 +200,42 @@ def test_identity_target_person_pushes_away_from_the_batch_centroid(config, netw
         run(person_config)
 
 
+def test_critic_views_change_only_what_the_classifier_sees(config, networks, params):
+    """loss.critic_shift / critic_flip / critic_recolour: C reads each generated face
+    through its own random view, the real batch as it is; the image terms (recovery,
+    margins) are untouched, C's terms change; without an rng there are no views."""
+    batch = _synthetic_batches(NUM_IDENTITIES, config.data.image_size, count=1)[0]
+    key = steps.sample_keys(jax.random.key(5), 8, config)
+    x = jnp.asarray(batch["image"])
+    generated = [x[::-1], -x, x * 0.5, x[:, ::-1]]
+    np.testing.assert_array_equal(
+        steps.critic_inputs(jax.random.key(1), x, generated, config),
+        jnp.concatenate([x, *generated]),
+    )
+    viewed_config = config.copy_and_resolve_references()
+    viewed_config.loss.critic_shift = 2
+    viewed_config.loss.critic_flip = 0.5
+    viewed_config.loss.critic_recolour = 1.0
+    viewed = steps.critic_inputs(jax.random.key(1), x, generated, viewed_config)
+    np.testing.assert_array_equal(viewed[:8], x)
+    view_rng, colour_rng = jax.random.split(jax.random.key(1))
+    expected = augment.recolour(
+        colour_rng, augment.shift_and_flip(view_rng, jnp.concatenate(generated), 2, 0.5), 1.0
+    )
+    np.testing.assert_allclose(viewed[8:], expected, atol=1e-6)
+
+    run = lambda cfg, rng: steps.generator_loss(  # noqa: E731
+        {}, params, networks, batch, key, jnp.int32(10**6), cfg, rng
+    )[1]["terms"]
+    plain, views = run(config, jax.random.key(2)), run(viewed_config, jax.random.key(2))
+    for name in ("recovery", "keep_anonymized", "wrong_distance", "change_anonymized"):
+        np.testing.assert_allclose(views[name], plain[name], rtol=1e-6)
+    for name in ("identity_embedding", "attributes", "recovered_embedding"):
+        assert abs(float(views[name]) - float(plain[name])) > 1e-5, name
+    no_rng = run(viewed_config, None)
+    np.testing.assert_allclose(no_rng["identity_embedding"], plain["identity_embedding"], rtol=1e-6)
+
+
 # ------------------------------------------------------------------ sharded == 1 device
 
 NUM_STEPS = 3  # the first step's learning rate is 0 (warm-up from 0): step 3 reads step 2's update
