@@ -56,6 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
     model.key_features = 256  # >0: a fixed random Fourier map of the key (one bit -> new key)
     model.key_frequency = 3.0  # radians per key bit in that map
     model.warp_pixels = 0.0  # >0 (inverse only): G also moves pixels by up to this much
+    # G's change is drawn in a space that is linear for pixels in +-linear_range and
+    # saturates beyond (models/decoder.py); 0: tanh's pre-activation space.
+    model.linear_range = 0.0
     model.discriminator_widths = (16, 32, 64)  # PatchGAN per scale
     model.discriminator_scales = 2
     model.classifier_widths = (16, 32, 64)

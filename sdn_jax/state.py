@@ -64,6 +64,7 @@ def build_networks(config: ml_collections.ConfigDict, num_identities: int) -> di
             key_frequency=m.get("key_frequency", 3.0),
             num_attributes=len(m.key_attributes),
             warp_pixels=m.get("warp_pixels", 0.0),
+            linear_range=m.get("linear_range", 0.0),
         ),
         "key_predictor": KeyPredictor(m.password_bits, tuple(m.key_predictor_widths)),
         "discriminator": Discriminator(tuple(m.discriminator_widths), m.discriminator_scales),
