@@ -92,6 +92,8 @@ def get_config() -> ml_collections.ConfigDict:
     loss.wrong_attributes = 0.0
     loss.identity_removal = 0.0  # -log(1 - p_C(y | x_A)) and for x_W (needs C's softmax)
     loss.identity_embedding = 2.0  # (1 + cos(f(x_A), f(x))) / 2 and for x_W
+    # The identity term on copies of x_A and x_W with a damaged face centre (0: off).
+    loss.identity_damaged = 0.0
     loss.identity_power = 1.0  # that term to this power: > 1 pushes hardest on faces still alike
     # Away from whom: "photo" (f(x)) or "person" (the mean of f over their photos in the batch).
     loss.identity_target = "photo"

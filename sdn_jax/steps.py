@@ -111,6 +111,20 @@ def critic_inputs(rng, x, generated, config):
     return jnp.concatenate([x, generated])
 
 
+def damaged_identity(networks, params, rng, x_a, x_w, f_away, config):
+    """The identity term again, on copies of x_A and x_W with a damaged face centre
+    (augment.damage_patch): what is left to tell the person by is the outline, the hair
+    and the pose, so only changing those lowers it. The faces the attacker still links
+    keep exactly those (docs/experiments.md, "What the attacker still links"). Needs a C
+    that knows people from damaged photos (loss.classifier_damage > 0)."""
+    damaged = augment.damage_patch(rng, jnp.concatenate([x_a, x_w]), 1.0)
+    emb_a, emb_w = jnp.split(
+        apply(networks["classifier"], params["classifier"], damaged).embedding, 2
+    )
+    power = config.loss.get("identity_power", 1.0)
+    return losses.dissimilarity(emb_a, f_away, power) + losses.dissimilarity(emb_w, f_away, power)
+
+
 def generator_loss(gen_params, frozen_params, networks, batch, key, step, config, rng=None):
     params = {**frozen_params, **gen_params}
     w = config.loss
@@ -168,6 +182,10 @@ def generator_loss(gen_params, frozen_params, networks, batch, key, step, config
         "recovered_identity": losses.identity_cross_entropy(ids[3], y),
         "recovered_embedding": losses.mismatch(emb[3], f_x),
     }
+    if w.get("identity_damaged", 0.0) > 0 and rng is not None:
+        terms["identity_damaged"] = damaged_identity(
+            networks, params, jax.random.fold_in(rng, 1), x_a, x_w, f_away, config
+        )
     ramped = _ramp(step, config)
     always = ("recovery", "keep_anonymized", "keep_wrong", "wrong_distance", "change_anonymized")
     total = sum(w[k] * v * (1.0 if k in always else ramped) for k, v in terms.items())

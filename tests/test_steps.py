@@ -236,6 +236,37 @@ def test_critic_views_change_only_what_the_classifier_sees(config, networks, par
     np.testing.assert_allclose(no_rng["identity_embedding"], plain["identity_embedding"], rtol=1e-6)
 
 
+def test_damaged_identity_term_reads_faces_with_their_centre_damaged(config, networks, params):
+    """loss.identity_damaged: the identity term once more, on x_A and x_W with a damaged
+    face centre (every one of them), against the same target; off without an rng."""
+    batch = _synthetic_batches(NUM_IDENTITIES, config.data.image_size, count=1)[0]
+    key = steps.sample_keys(jax.random.key(5), 8, config)
+    damaged_config = config.copy_and_resolve_references()
+    damaged_config.loss.identity_damaged = 2.0
+    run = lambda cfg, rng: steps.generator_loss(  # noqa: E731
+        {}, params, networks, batch, key, jnp.int32(10**6), cfg, rng
+    )
+    total_plain, plain = run(config, jax.random.key(2))
+    total, aux = run(damaged_config, jax.random.key(2))
+    assert "identity_damaged" not in plain["terms"]
+    assert "identity_damaged" not in run(damaged_config, None)[1]["terms"]
+    x_a, x_w = aux["fakes"][:8], aux["fakes"][16:]
+    damaged = augment.damage_patch(
+        jax.random.fold_in(jax.random.key(2), 1), jnp.concatenate([x_a, x_w]), 1.0
+    )
+    assert float(jnp.mean(jnp.any(damaged != jnp.concatenate([x_a, x_w]), axis=(1, 2, 3)))) == 1.0
+    apply = lambda images: (
+        state_lib.apply(  # noqa: E731
+            networks["classifier"], params["classifier"], images
+        ).embedding
+    )
+    e_a, e_w = jnp.split(apply(damaged), 2)
+    f_x = apply(jnp.asarray(batch["image"]))
+    expected = losses.dissimilarity(e_a, f_x) + losses.dissimilarity(e_w, f_x)
+    np.testing.assert_allclose(aux["terms"]["identity_damaged"], expected, rtol=1e-4)
+    np.testing.assert_allclose(total - total_plain, 2.0 * expected, rtol=1e-3)
+
+
 # ------------------------------------------------------------------ sharded == 1 device
 
 NUM_STEPS = 3  # the first step's learning rate is 0 (warm-up from 0): step 3 reads step 2's update
