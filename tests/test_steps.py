@@ -139,6 +139,15 @@ def test_dual_pass_with_zero_output_layer_is_the_identity_chain(
     assert np.abs(out["recovered"] - x).max() < 0.05  # ~x
 
 
+def _without_augmentation(config):
+    """The config with C's augmented copies and the critic's views off."""
+    config = config.copy_and_resolve_references()
+    for name in ("classifier_damage", "classifier_recolour", "critic_flip", "critic_recolour"):
+        config.loss[name] = 0.0
+    config.loss.critic_shift = 0
+    return config
+
+
 @pytest.mark.parametrize("damage,recolour", [(1.0, 0.0), (0.0, 1.0), (0.5, 1.0)])
 def test_classifier_augmented_copies_join_as_positives(config, networks, params, damage, recolour):
     """loss.classifier_damage / classifier_recolour: C's contrastive loss also sees an
@@ -146,6 +155,7 @@ def test_classifier_augmented_copies_join_as_positives(config, networks, params,
     images; no rng, no copy."""
     batch = _synthetic_batches(NUM_IDENTITIES, config.data.image_size, count=1)[0]
     batch["identity"] = np.repeat(np.arange(4), 2).astype(np.int32)
+    config = _without_augmentation(config)
     augmented_config = config.copy_and_resolve_references()
     augmented_config.loss.classifier_damage = damage
     augmented_config.loss.classifier_recolour = recolour
@@ -206,6 +216,7 @@ def test_critic_views_change_only_what_the_classifier_sees(config, networks, par
     margins) are untouched, C's terms change; without an rng there are no views."""
     batch = _synthetic_batches(NUM_IDENTITIES, config.data.image_size, count=1)[0]
     key = steps.sample_keys(jax.random.key(5), 8, config)
+    config = _without_augmentation(config)
     x = jnp.asarray(batch["image"])
     generated = [x[::-1], -x, x * 0.5, x[:, ::-1]]
     np.testing.assert_array_equal(
