@@ -142,8 +142,8 @@ def get_config() -> ml_collections.ConfigDict:
     optim.club_lr_scale = 1.0  # q
 
     config.train = train = ml_collections.ConfigDict()
-    # 800 classifier warm-up steps (~20 s) + 5,200 full steps (~7 steps/s on 2 CPU cores
-    # at 32 px) + ~1 min setup: the whole README command in 17.2 min. 4,000 full steps
+    # 800 classifier warm-up steps (~20 s) + 5,200 full steps (~6.4 steps/s on 2 CPU
+    # cores at 32 px) + ~1 min setup: the whole README command in 18.3 min. 4,000 full steps
     # linked 2x more anonymized faces (docs/experiments.md, "Recovery's gradient").
     train.num_steps = 6000
     train.global_batch_size = 16  # Split evenly over all JAX processes and data devices.
