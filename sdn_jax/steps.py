@@ -94,10 +94,11 @@ def dual_pass(
 
 
 def critic_inputs(rng, x, generated, config):
-    """C's input in the generator loss: the real batch, then the generated ones. With
-    loss.critic_shift / loss.critic_flip > 0 (and an rng) every generated image is seen
-    through its own random shift and mirror: G must fool C at any alignment, not
-    at one, which is what carries over to an independent recognizer."""
+    """C's input in the generator loss: the real batch, then the generated ones. With an
+    rng, every generated image is seen through its own random view: a shift of up to
+    loss.critic_shift pixels, a mirror (loss.critic_flip) and a recolouring
+    (loss.critic_recolour), each where its setting is > 0. Recoloured views keep G from
+    fooling C by retinting, which the attacker sees through (docs/experiments.md, e31)."""
     shift = config.loss.get("critic_shift", 0)
     flip = config.loss.get("critic_flip", 0.0)
     recolour = config.loss.get("critic_recolour", 0.0)
@@ -111,18 +112,20 @@ def critic_inputs(rng, x, generated, config):
     return jnp.concatenate([x, generated])
 
 
-def damaged_identity(networks, params, rng, x_a, x_w, f_away, config):
-    """The identity term again, on copies of x_A and x_W with a damaged face centre
-    (augment.damage_patch): what is left to tell the person by is the outline, the hair
-    and the pose, so only changing those lowers it. The faces the attacker still links
-    keep exactly those (docs/experiments.md, "What the attacker still links"). Needs a C
-    that knows people from damaged photos (loss.classifier_damage > 0)."""
+def damaged_embeddings(networks, params, rng, x_a, x_w):
+    """C's embeddings of x_A and x_W with a damaged face centre (augment.damage_patch):
+    what is left to tell the person by is the outline, the hair and the pose, so only
+    changing those moves them. The faces the attacker still links keep exactly those
+    (docs/experiments.md, "What the attacker still links"). Needs a C that knows people
+    from damaged photos (loss.classifier_damage > 0)."""
     damaged = augment.damage_patch(rng, jnp.concatenate([x_a, x_w]), 1.0)
-    emb_a, emb_w = jnp.split(
-        apply(networks["classifier"], params["classifier"], damaged).embedding, 2
-    )
-    power = config.loss.get("identity_power", 1.0)
-    return losses.dissimilarity(emb_a, f_away, power) + losses.dissimilarity(emb_w, f_away, power)
+    embedding = apply(networks["classifier"], params["classifier"], damaged).embedding
+    return jnp.split(embedding, 2)
+
+
+def away_from(emb_a, emb_w, target, power):
+    """The identity term: x_A's and x_W's embeddings pushed away from the target's."""
+    return losses.dissimilarity(emb_a, target, power) + losses.dissimilarity(emb_w, target, power)
 
 
 def generator_loss(gen_params, frozen_params, networks, batch, key, step, config, rng=None):
@@ -173,8 +176,7 @@ def generator_loss(gen_params, frozen_params, networks, batch, key, step, config
             attrs[4][:, key_index], key["wrong_attributes"] + 0.5
         ),
         "identity_removal": losses.identity_removal(ids[1], y) + losses.identity_removal(ids[4], y),
-        "identity_embedding": losses.dissimilarity(emb[1], f_away, identity_power)
-        + losses.dissimilarity(emb[4], f_away, identity_power),
+        "identity_embedding": away_from(emb[1], emb[4], f_away, identity_power),
         "club": losses.club_upper_bound(mean, log_var, emb[1]),
         "diversity": losses.dissimilarity(emb[1], emb[2]),
         "wrong_diversity": losses.dissimilarity(emb[4], jax.lax.stop_gradient(emb[1])),
@@ -183,9 +185,8 @@ def generator_loss(gen_params, frozen_params, networks, batch, key, step, config
         "recovered_embedding": losses.mismatch(emb[3], f_x),
     }
     if w.get("identity_damaged", 0.0) > 0 and rng is not None:
-        terms["identity_damaged"] = damaged_identity(
-            networks, params, jax.random.fold_in(rng, 1), x_a, x_w, f_away, config
-        )
+        damaged = damaged_embeddings(networks, params, jax.random.fold_in(rng, 1), x_a, x_w)
+        terms["identity_damaged"] = away_from(*damaged, f_away, identity_power)
     ramped = _ramp(step, config)
     always = ("recovery", "keep_anonymized", "keep_wrong", "wrong_distance", "change_anonymized")
     total = sum(w[k] * v * (1.0 if k in always else ramped) for k, v in terms.items())
