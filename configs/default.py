@@ -150,6 +150,9 @@ def get_config() -> ml_collections.ConfigDict:
     # The first steps train C alone (~20x cheaper than a full step), so the generator's
     # identity and attribute terms start from a classifier that sees something.
     train.classifier_warmup_steps = 800
+    # Per-step decay of the moving averages of E and G that inference, samples and the
+    # evaluation use (0: the live params).
+    train.ema_decay = 0.0
     train.log_every_steps = 50
     train.checkpoint_every_steps = 300
     train.sample_every_steps = 300

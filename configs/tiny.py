@@ -30,6 +30,8 @@ def get_config():
     # own test in test_steps.py).
     config.train.classifier_warmup_steps = 0
     config.train.global_batch_size = 8
+    # Moving averages of E and G on, so every test of the loop and of loading reads them.
+    config.train.ema_decay = 0.5
     config.train.log_every_steps = 2
     config.train.checkpoint_every_steps = 3
     config.train.sample_every_steps = 3

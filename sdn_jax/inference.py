@@ -222,8 +222,10 @@ def restore_generator(config, step_dir: str | os.PathLike) -> tuple[dict, int]:
     networks = state_lib.build_networks(config, _ANY_NUM_IDENTITIES)
     abstract = jax.eval_shape(lambda: state_lib.init_params(jax.random.key(0), networks, config))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    # A run that keeps moving averages of E and G (train.ema_decay) is used through them.
+    group = "ema_params" if state_lib.ema_decay(config) else "params"
     target = {
-        "params": {name: abstract[name] for name in ("encoder", "decoder")},
+        group: {name: abstract[name] for name in state_lib.INFERENCE_NETWORKS},
         "step": jax.ShapeDtypeStruct((), jnp.int32),
     }
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), target)
@@ -246,8 +248,8 @@ def restore_generator(config, step_dir: str | os.PathLike) -> tuple[dict, int]:
             f"with another model config; --step chooses another checkpoint): "
             f"{type(error).__name__}: {first}"
         ) from None
-    _check_shapes(restored["params"], target["params"], path)
-    return restored["params"], int(restored["step"])
+    _check_shapes(restored[group], target[group], path)
+    return restored[group], int(restored["step"])
 
 
 def _check_shapes(restored, target, path) -> None:

@@ -21,6 +21,9 @@ from sdn_jax.models.discriminator import Discriminator
 from sdn_jax.models.encoder import Encoder
 
 GENERATOR_NETWORKS = ("encoder", "decoder", "key_predictor")  # updated by the generator loss
+# What anonymize and recover run: with `train.ema_decay` > 0 their moving averages are kept
+# beside the live params, and inference, samples and evaluation use the averages.
+INFERENCE_NETWORKS = ("encoder", "decoder")
 NETWORKS = GENERATOR_NETWORKS + ("discriminator", "classifier", "club")
 _LR_SCALE = {
     "encoder": "generator_lr_scale",
@@ -37,6 +40,8 @@ class TrainState:
     step: jax.Array  # int32 scalar: optimizer steps taken
     params: dict  # network name -> params
     opt_state: dict  # network name -> optax state
+    # INFERENCE_NETWORKS' params averaged over the steps (train.ema_decay); {} when off.
+    ema_params: dict = flax.struct.field(default_factory=dict)
 
 
 def condition_size(config: ml_collections.ConfigDict) -> int:
@@ -121,10 +126,26 @@ def init_params(rng: jax.Array, networks: dict, config: ml_collections.ConfigDic
     return params
 
 
+def ema_decay(config: ml_collections.ConfigDict) -> float:
+    """The moving average's per-step decay (0: no average kept)."""
+    decay = config.train.get("ema_decay", 0.0)
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"train.ema_decay must be in [0, 1), got {decay}")
+    return decay
+
+
 def create_state(rng, networks: dict, optimizers: dict, config) -> TrainState:
     params = init_params(rng, networks, config)
     opt_state = {name: optimizers[name].init(params[name]) for name in NETWORKS}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+    ema = {name: params[name] for name in INFERENCE_NETWORKS} if ema_decay(config) else {}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, ema_params=ema
+    )
+
+
+def inference_params(state: TrainState) -> dict:
+    """Every network's params, E and G replaced by their moving averages where kept."""
+    return {**state.params, **state.ema_params}
 
 
 def parameter_counts(params: dict) -> dict[str, int]:

@@ -313,8 +313,29 @@ def train_step(state: TrainState, batch: dict, *, networks, optimizers, config, 
     metrics["loss/g_total"] = g_total
     metrics["loss/club_fit"] = q_loss
     metrics["loss/d_total"] = dc_metrics["d_total"]
-    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=params,
+        opt_state=opt_state,
+        ema_params=update_ema(state.ema_params, params, state.step, config),
+    )
     return new_state, metrics
+
+
+def update_ema(ema_params: dict, params: dict, step, config) -> dict:
+    """E's and G's moving averages after a full step (a no-op when none are kept).
+
+    The decay ramps up as (1 + n) / (10 + n) over the first n full steps, so the average
+    forgets the initialisation quickly, then holds at `train.ema_decay`.
+    """
+    if not ema_params:
+        return ema_params
+    full_steps = jnp.maximum(step - config.train.classifier_warmup_steps, 0).astype(jnp.float32)
+    decay = jnp.minimum(config.train.ema_decay, (1.0 + full_steps) / (10.0 + full_steps))
+    return {
+        name: jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params[name])
+        for name, ema in ema_params.items()
+    }
 
 
 def classifier_warmup_step(
@@ -336,7 +357,7 @@ def classifier_warmup_step(
     )
     metrics = {f"loss/{k}": v for k, v in metrics.items()}
     metrics["loss/c_total"] = c_total
-    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 
 

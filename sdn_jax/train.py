@@ -240,7 +240,9 @@ class Trainer:
                         rate, rate * t.global_batch_size, _format_seconds(eta),
                     )  # fmt: skip
                 if step % t.sample_every_steps == 0 or is_last:
-                    outputs = outputs_fn(state.params, jnp.asarray(samples["image"]), sample_key)
+                    outputs = outputs_fn(
+                        state_lib.inference_params(state), jnp.asarray(samples["image"]), sample_key
+                    )
                     if jax.process_index() == 0:
                         write_samples(self.workdir, step, samples["image"], jax.device_get(outputs))
                 if step % t.checkpoint_every_steps == 0 or is_last or stopping:
@@ -286,7 +288,9 @@ class Trainer:
             subset, global_batch_size=config.eval.batch_size, process_index=0, process_count=1
         )
         log.info("Evaluating %d %s images", count, config.eval.split)
-        summary = heldout.evaluate_heldout(state.params, self.networks, batches, config)
+        summary = heldout.evaluate_heldout(
+            state_lib.inference_params(state), self.networks, batches, config
+        )
         self.writer.write(int(state.step), "eval", summary)
         if jax.process_index() == 0:
             os.makedirs(os.path.join(self.workdir, "eval"), exist_ok=True)

@@ -45,6 +45,19 @@ def test_load_reads_the_run_and_only_encoder_and_decoder(model, trained_run):
     assert any(not np.array_equal(a, b) for a, b in zip(*moved)), "steps 3 and 6 are the same"
 
 
+def test_load_reads_the_moving_averages_the_run_kept(model, trained_run):
+    """The tiny config keeps averages of E and G (train.ema_decay): those are the model."""
+    import orbax.checkpoint as ocp  # noqa: PLC0415
+
+    saved = ocp.PyTreeCheckpointer().restore(trained_run / "checkpoints" / "6" / "state")
+    for name in ("encoder", "decoder"):
+        loaded = jax.tree.leaves(model.params[name])
+        for got, average in zip(loaded, jax.tree.leaves(saved["ema_params"][name])):
+            np.testing.assert_array_equal(got, average)
+        live = jax.tree.leaves(saved["params"][name])
+        assert any(not np.array_equal(a, b) for a, b in zip(loaded, live)), name
+
+
 def test_key_is_the_kdf_bits_and_attributes_and_its_repr_hides_them(model, key):
     bits = keys.password_bits(PASSPHRASE, 16)
     np.testing.assert_array_equal(keys.vector_to_bits(key.password), bits)

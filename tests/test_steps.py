@@ -303,6 +303,49 @@ def test_classifier_warmup_step_trains_only_the_classifier(config, networks):
     assert 0.0 <= float(metrics["loss/c_train_key_attribute_accuracy"]) <= 1.0
 
 
+def test_update_ema_ramps_up_then_holds_the_decay(config):
+    config = config.copy_and_resolve_references()
+    config.train.ema_decay, config.train.classifier_warmup_steps = 0.9, 100
+    params = {"encoder": {"w": jnp.full(3, 10.0)}, "decoder": {"b": jnp.ones(2)}, "club": {}}
+    ema = {"encoder": {"w": jnp.zeros(3)}, "decoder": {"b": jnp.zeros(2)}}
+    # The first full step (after the C warm-up) takes 0.9 of the params: decay 1/10.
+    first = steps.update_ema(ema, params, jnp.int32(100), config)
+    np.testing.assert_allclose(first["encoder"]["w"], 9.0, rtol=1e-6)
+    np.testing.assert_allclose(first["decoder"]["b"], 0.9, rtol=1e-6)
+    # Ten full steps in: decay 11/20; late in the run: the configured 0.9.
+    tenth = steps.update_ema(ema, params, jnp.int32(110), config)
+    np.testing.assert_allclose(tenth["encoder"]["w"], 10.0 * 9 / 20, rtol=1e-6)
+    late = steps.update_ema(ema, params, jnp.int32(5000), config)
+    np.testing.assert_allclose(late["encoder"]["w"], 1.0, rtol=1e-6)
+    assert sorted(late) == ["decoder", "encoder"]  # only the averaged networks
+    assert steps.update_ema({}, params, jnp.int32(5000), config) == {}  # averaging off
+
+
+@pytest.mark.parametrize("decay, kept", [(0.0, []), (0.99, ["decoder", "encoder"])])
+def test_create_state_keeps_averages_of_encoder_and_decoder_only_when_asked(
+    config, networks, decay, kept
+):
+    config = config.copy_and_resolve_references()
+    config.train.ema_decay = decay
+    optimizers = state_lib.build_optimizers(config)
+    state = jax.eval_shape(
+        lambda: state_lib.create_state(jax.random.key(0), networks, optimizers, config)
+    )
+    assert sorted(state.ema_params) == kept
+    merged = state_lib.inference_params(state)
+    assert sorted(merged) == sorted(state_lib.NETWORKS)
+    for name in kept:
+        assert merged[name] is state.ema_params[name]
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.1])
+def test_ema_decay_out_of_range_is_refused(config, decay):
+    config = config.copy_and_resolve_references()
+    config.train.ema_decay = decay
+    with pytest.raises(ValueError, match="train.ema_decay must be in"):
+        state_lib.ema_decay(config)
+
+
 def _synthetic_batches(num_identities, size, batch=8, count=NUM_STEPS):
     rng = np.random.default_rng(0)
     return [
@@ -410,6 +453,21 @@ def _sharded_worker() -> dict:
                 n: max(map(_max_abs, jax.tree.leaves(initial.params[n]), jax.tree.leaves(p)))
                 for n, p in params.items()
             },
+            ema_diff={
+                n: max(map(_max_abs, jax.tree.leaves(e), jax.tree.leaves(ema)))
+                for (n, e), ema in zip(
+                    reference["state"].ema_params.items(), run["state"].ema_params.values()
+                )
+            },
+            # The averages lag the params: they moved, but not all the way.
+            ema_moved={
+                n: max(map(_max_abs, jax.tree.leaves(initial.params[n]), jax.tree.leaves(e)))
+                for n, e in run["state"].ema_params.items()
+            },
+            ema_to_params={
+                n: max(map(_max_abs, jax.tree.leaves(params[n]), jax.tree.leaves(e)))
+                for n, e in run["state"].ema_params.items()
+            },
         )
         for which in ("mu", "nu"):  # Adam's moments: linear / quadratic in the gradients
             entry[f"{which}_rel_diff"] = {}
@@ -485,6 +543,9 @@ def test_sharded_step_matches_single_device(sharded_report, name):
     # (ENV_NOTES.md), so allow a quarter of one step at the peak lr (2e-4) per element.
     for network, diff in run["params_diff"].items():
         assert diff < 5e-5, (network, diff)
+    assert sorted(run["ema_diff"]) == ["decoder", "encoder"]  # the tiny config keeps them
+    for network, diff in run["ema_diff"].items():
+        assert diff < 5e-5, (network, diff)
 
 
 def test_fsdp_shards_the_parameters(sharded_report):
@@ -498,6 +559,10 @@ def test_training_moves_every_network(sharded_report):
     assert set(moved) == set(state_lib.NETWORKS)
     for network, change in moved.items():
         assert change > 1e-6, network
+    run = sharded_report["runs"]["one_device"]
+    for network in ("encoder", "decoder"):  # the moving averages follow, a step behind
+        assert run["ema_moved"][network] > 1e-6, network
+        assert run["ema_to_params"][network] > 1e-7, network
 
 
 def test_batch_size_must_divide_the_mesh(sharded_report):
