@@ -147,6 +147,9 @@ def get_config() -> ml_collections.ConfigDict:
     # linked 2x more anonymized faces (docs/experiments.md, "Recovery's gradient").
     train.num_steps = 6000
     train.global_batch_size = 16  # Split evenly over all JAX processes and data devices.
+    # G and D train on this many of each batch's images (every m-th: steps.generator_share),
+    # C's real-image losses on all of them (None: all).
+    train.generator_batch_size = ml_collections.config_dict.placeholder(int)
     # The first steps train C alone (~20x cheaper than a full step), so the generator's
     # identity and attribute terms start from a classifier that sees something.
     train.classifier_warmup_steps = 800

@@ -188,6 +188,9 @@ def train_step(config: ml_collections.ConfigDict, options: Options) -> dict:
     init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_size(batch_size, mesh)
+    sharding.check_batch_size(
+        steps.generator_batch_size(config), mesh, "train.generator_batch_size"
+    )
     create = lambda: state_lib.create_state(init_rng, networks, optimizers, config)
     state_sharding = sharding.state_shardings(jax.eval_shape(create), mesh)
     batch_sharding = sharding.batch_sharding(mesh)
@@ -228,6 +231,7 @@ def train_step(config: ml_collections.ConfigDict, options: Options) -> dict:
     achieved = flops_per_step * count / seconds
     return {
         "images_per_s": count * batch_size / seconds,
+        "generator_images_per_s": count * steps.generator_batch_size(config) / seconds,
         "steps_per_s": count / seconds,
         "flops_per_image": flops_per_step / batch_size,
         "achieved_flops_per_s": achieved,

@@ -35,11 +35,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+def check_batch_size(
+    global_batch_size: int, mesh: Mesh, name: str = "train.global_batch_size"
+) -> None:
     devices = mesh.devices.size
     if global_batch_size % devices:
         raise ValueError(
-            f"train.global_batch_size ({global_batch_size}) must be divisible by the "
+            f"{name} ({global_batch_size}) must be divisible by the "
             f"{devices} devices of the mesh (data x fsdp)"
         )
 

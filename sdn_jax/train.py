@@ -119,6 +119,9 @@ class Trainer:
         write_config(config, workdir)
         self.mesh = sharding.make_mesh(config.mesh)
         sharding.check_batch_size(config.train.global_batch_size, self.mesh)
+        sharding.check_batch_size(
+            steps.generator_batch_size(config), self.mesh, "train.generator_batch_size"
+        )
         self.train_source = load_split(config, workdir, "train")
         self.eval_source = load_split(config, workdir, config.eval.split)
         self.networks = state_lib.build_networks(

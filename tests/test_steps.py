@@ -346,6 +346,52 @@ def test_ema_decay_out_of_range_is_refused(config, decay):
         state_lib.ema_decay(config)
 
 
+def test_generator_share_takes_every_mth_image_and_checks_the_sizes(config):
+    config = config.copy_and_resolve_references()
+    batch = {"image": np.arange(16), "identity": np.arange(16) // 4}
+    config.train.global_batch_size, config.train.generator_batch_size = 16, None
+    assert steps.generator_batch_size(config) == 16
+    assert steps.generator_share(batch, config) is batch
+    config.train.generator_batch_size = 4  # one photo of each of the 4 people
+    np.testing.assert_array_equal(steps.generator_share(batch, config)["image"], [0, 4, 8, 12])
+    np.testing.assert_array_equal(steps.generator_share(batch, config)["identity"], [0, 1, 2, 3])
+    for bad in (0, 5, 32):
+        config.train.generator_batch_size = bad
+        with pytest.raises(ValueError, match="generator_batch_size .* must divide"):
+            steps.generator_batch_size(config)
+
+
+def test_generator_trains_on_its_share_and_the_classifier_on_the_whole_batch(config, networks):
+    config = config.copy_and_resolve_references()
+    config.train.global_batch_size, config.train.generator_batch_size = 16, 8
+    optimizers = state_lib.build_optimizers(config)
+    state = fast_jit(lambda r: state_lib.create_state(r, networks, optimizers, config))(
+        jax.random.key(0)
+    )
+    batch = _synthetic_batches(NUM_IDENTITIES, config.data.image_size, batch=16, count=1)[0]
+    batch["identity"] = np.repeat(np.arange(4), 4).astype(np.int32)  # 4 people x 4 photos
+    base_rng = jax.random.key(7)
+    train_step = fast_jit(steps.make_train_step(networks, optimizers, config, base_rng))
+    _, metrics = train_step(state, batch)
+
+    # The same losses by hand: G on every second image, C's real-image terms on all 16.
+    rng = jax.random.fold_in(base_rng, 0)
+    share = {k: v[::2] for k, v in batch.items()}
+    generator = {k: state.params[k] for k in state_lib.GENERATOR_NETWORKS}
+    frozen = {k: v for k, v in state.params.items() if k not in generator}
+    key = steps.sample_keys(rng, 8, config)
+    g_total, _ = steps.generator_loss(
+        generator, frozen, networks, share, key, state.step, config, jax.random.fold_in(rng, 2)
+    )
+    np.testing.assert_allclose(metrics["loss/g_total"], g_total, rtol=1e-4)
+    classifier = state.params["classifier"]
+    whole = steps.classifier_loss(classifier, networks, batch, config, jax.random.fold_in(rng, 1))
+    part = steps.classifier_loss(classifier, networks, share, config, jax.random.fold_in(rng, 1))
+    got = float(metrics["loss/c_contrastive"])
+    np.testing.assert_allclose(got, whole[1][0]["c_contrastive"], rtol=1e-4)
+    assert abs(got - float(part[1][0]["c_contrastive"])) > 1e-3
+
+
 def _synthetic_batches(num_identities, size, batch=8, count=NUM_STEPS):
     rng = np.random.default_rng(0)
     return [
