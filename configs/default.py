@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     # C's contrastive loss has positives: 16 = 4 people x 4 photos.
     data.photos_per_person_in_batch = 4
     data.worker_count = 0  # grain worker processes (0: decode in the main process).
+    # A train split whose decoded images take at most this many MiB is decoded once and
+    # served from memory (pipeline.InMemorySource; 0: decode every read).
+    data.in_memory_mb = 0.0
 
     config.model = model = ml_collections.ConfigDict()
     model.password_bits = 64  # K: key bits from the passphrase's KDF (METHOD.md section 2).

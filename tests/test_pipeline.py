@@ -224,6 +224,49 @@ def test_from_config_reads_the_config():
         assert (PEOPLE[_record_index(batch)] == batch["identity"]).all()
 
 
+def test_in_memory_source_serves_the_decoded_records():
+    people_source = [dict(r, identity=np.int32(PEOPLE[i])) for i, r in enumerate(SOURCE[:23])]
+    memory = pipeline.InMemorySource(people_source)
+    assert len(memory) == 23
+    assert pipeline.InMemorySource.decoded_bytes(people_source) == 23 * (SIZE * SIZE * 3 + 4 + 40)
+    np.testing.assert_array_equal(memory.identities, PEOPLE[:23])
+    for index in (0, 7, 22):
+        record = memory[index]
+        assert set(record) == set(pipeline.FEATURES)  # the extras are not kept
+        for name in pipeline.FEATURES:
+            np.testing.assert_array_equal(record[name], people_source[index][name])
+            assert record[name].dtype == np.asarray(people_source[index][name]).dtype
+
+
+@pytest.mark.parametrize("limit_mb, in_memory", [(0.0, False), (1.0, True)])
+def test_from_config_batches_are_the_same_from_memory(limit_mb, in_memory, monkeypatch):
+    from configs import tiny
+
+    config = tiny.get_config()
+    config.train.global_batch_size = 4
+    config.data.photos_per_person_in_batch = 2
+    people_source = [dict(r, identity=np.int32(PEOPLE[i])) for i, r in enumerate(SOURCE[:23])]
+    make = lambda: pipeline.from_config(
+        config, people_source, train=True, process_count=1, process_index=0
+    )
+    reference = _take(make(), 15)  # beyond an epoch (23 records, 11 runs of 2)
+    built = []
+    original = pipeline.InMemorySource.__init__
+
+    def spy(self, source):
+        built.append(source)
+        original(self, source)
+
+    monkeypatch.setattr(pipeline.InMemorySource, "__init__", spy)
+    config.data.in_memory_mb = limit_mb
+    _assert_same_batches(_take(make(), 15), reference)
+    assert bool(built) == in_memory
+    config.data.in_memory_mb = 0.001  # smaller than the decoded split: read as before
+    built.clear()
+    _assert_same_batches(_take(make(), 15), reference)
+    assert not built
+
+
 # Person-grouped batches: 6 people with 5, 4, 4, 4, 4, 3 photos (record -> person below).
 PEOPLE = np.array([0] * 5 + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4 + [5] * 3)
 

@@ -235,6 +235,44 @@ class PersonGroupedStream(Sequence):
         return self._source[int(self._epoch_order(epoch)[offset])]
 
 
+class InMemorySource(Sequence):
+    """A source's model features decoded once into arrays, then served from memory.
+
+    Decoding a small PNG costs ~0.4 ms of Python per record, on every read: at 64
+    images a step that is ~25 ms of the 2 CPU cores' time per step. A small split (24,000
+    images at 32 px: 74 MB) is cheaper to decode once. Records are what the source gives
+    (restricted to FEATURES), so batches are the same as from the source itself.
+    """
+
+    def __init__(self, source: Sequence):
+        count = _check_not_empty(source)
+        first = source[0]
+        self._arrays = {
+            name: np.empty((count, *np.shape(first[name])), np.asarray(first[name]).dtype)
+            for name in FEATURES
+        }
+        for index in range(count):
+            record = source[index]
+            for name, array in self._arrays.items():
+                array[index] = record[name]
+
+    @staticmethod
+    def decoded_bytes(source: Sequence) -> int:
+        """Memory the decoded features of `source` take (from its first record)."""
+        first = source[0]
+        return len(source) * sum(np.asarray(first[name]).nbytes for name in FEATURES)
+
+    @property
+    def identities(self) -> np.ndarray:
+        return self._arrays["identity"]
+
+    def __len__(self) -> int:
+        return len(self._arrays["image"])
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {name: array[index] for name, array in self._arrays.items()}
+
+
 def read_identities(source: Sequence) -> np.ndarray:
     """Every record's identity (reads the whole source once: ~10 s for 24k records)."""
     return np.fromiter((source[i]["identity"] for i in range(len(source))), np.int64, len(source))
@@ -289,12 +327,19 @@ def from_config(
     if not train:
         return eval_iterator(source, **common)
     photos_per_person = config.data.get("photos_per_person_in_batch", 1)
+    limit = config.data.get("in_memory_mb", 0) * 2**20
+    if limit and InMemorySource.decoded_bytes(source) <= limit:
+        source = InMemorySource(source)
+    identities = None
+    if photos_per_person > 1:
+        identities = getattr(source, "identities", None)
+        identities = read_identities(source) if identities is None else identities
     return train_iterator(
         source,
         seed=config.seed,
         random_flip=config.data.random_flip,
         worker_count=config.data.worker_count,
-        identities=read_identities(source) if photos_per_person > 1 else None,
+        identities=identities,
         photos_per_person=photos_per_person,
         **common,
     )
