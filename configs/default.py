@@ -36,8 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
     data.photos_per_person_in_batch = 4
     data.worker_count = 0  # grain worker processes (0: decode in the main process).
     # A train split whose decoded images take at most this many MiB is decoded once and
-    # served from memory (pipeline.InMemorySource; 0: decode every read).
-    data.in_memory_mb = 0.0
+    # served from memory (pipeline.InMemorySource; 0: decode every read). The default's
+    # 24,000 images take 74 MiB and feed 64-image batches ~7x faster; CelebA at 128 px
+    # (9.4 GiB) is read from disk.
+    data.in_memory_mb = 1024.0
 
     config.model = model = ml_collections.ConfigDict()
     model.password_bits = 64  # K: key bits from the passphrase's KDF (METHOD.md section 2).
