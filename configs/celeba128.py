@@ -40,6 +40,8 @@ def get_config():
 
     train = config.train
     train.global_batch_size = 32
+    train.generator_batch_size = None  # G, D and C all on the 32
+    train.classifier_warmup_steps = 800
     train.num_steps = 150_000  # ~30 epochs of the 162,770 training images
     train.log_every_steps = 100
     train.checkpoint_every_steps = 5000

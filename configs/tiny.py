@@ -30,6 +30,7 @@ def get_config():
     # own test in test_steps.py).
     config.train.classifier_warmup_steps = 0
     config.train.global_batch_size = 8
+    config.train.generator_batch_size = None  # all 8 (test_steps checks the share)
     # Moving averages of E and G on, so every test of the loop and of loading reads them.
     config.train.ema_decay = 0.5
     config.train.log_every_steps = 2
