@@ -147,23 +147,22 @@ def get_config() -> ml_collections.ConfigDict:
     optim.club_lr_scale = 1.0  # q
 
     config.train = train = ml_collections.ConfigDict()
-    # 400 classifier warm-up steps (~15 s) + 5,200 full steps (~6 steps/s on 2 CPU cores at
-    # 32 px) + ~1 min setup: the whole README command in ~19 min. 4,000 full steps linked
-    # 2x more anonymized faces (docs/experiments.md, "Recovery's gradient").
-    train.num_steps = 5600
-    # Images read per step: 16 people x 4 photos. Split evenly over all JAX processes and
-    # data devices.
-    train.global_batch_size = 64
-    # G and D train on this many of each batch's images (every m-th: one photo of each
-    # person, steps.generator_share); C's real-image losses on all of them (None: all). C
-    # learning from 16 people a step instead of 4 identifies unseen people 2x as often
-    # (0.56 vs 0.29), and one wrong password bit failed verification for 0.95-0.98 of
-    # faces in four runs (0.88-0.96 with 16 images; docs/experiments.md, session 8).
-    train.generator_batch_size = 16
+    # 800 classifier warm-up steps (~20 s) + 5,200 full steps (~6.5 steps/s on 2 CPU
+    # cores at 32 px) + ~1 min setup: the whole README command in ~18 min. 4,000 full
+    # steps linked 2x more anonymized faces (docs/experiments.md, "Recovery's gradient").
+    train.num_steps = 6000
+    # Images read per step. Split evenly over all JAX processes and data devices.
+    train.global_batch_size = 16
+    # G and D train on this many of each batch's images (every m-th: steps.generator_share),
+    # C's real-image losses on all of them (None: all). 64 read and 16 for G (e44, e45): C
+    # identifies unseen people 2x as often (0.56 vs 0.29) and one wrong password bit
+    # failed verification for 0.95-0.98 of faces in four runs (0.88-0.96 without), but a
+    # step costs 16% more: the README command would take ~20.7 min, over its 20
+    # (docs/experiments.md, session 8).
+    train.generator_batch_size = ml_collections.config_dict.placeholder(int)
     # The first steps train C alone (~20x cheaper than a full step), so the generator's
-    # identity and attribute terms start from a classifier that sees something (400 of 64
-    # images: twice the photos 800 steps of 16 gave).
-    train.classifier_warmup_steps = 400
+    # identity and attribute terms start from a classifier that sees something.
+    train.classifier_warmup_steps = 800
     # Per-step decay of moving averages of E and G that inference, samples and the
     # evaluation then use (0: the live params). 0.999 linked no fewer faces (e40, e41).
     train.ema_decay = 0.0
