@@ -74,7 +74,10 @@ def build_networks(config: ml_collections.ConfigDict, num_identities: int) -> di
         "key_predictor": KeyPredictor(m.password_bits, tuple(m.key_predictor_widths)),
         "discriminator": Discriminator(tuple(m.discriminator_widths), m.discriminator_scales),
         "classifier": Classifier(
-            num_identities, widths=tuple(m.classifier_widths), embedding_dim=m.embedding_dim
+            num_identities,
+            widths=tuple(m.classifier_widths),
+            embedding_dim=m.embedding_dim,
+            embedding_head=m.get("classifier_embedding_head", "pooled"),
         ),
         "club": ClubNetwork(m.club_hidden),
     }

@@ -381,3 +381,28 @@ def test_warping_decoder_recovery_warps_back():
                           warp_pixels=2.0)  # fmt: skip
     with pytest.raises(ValueError, match="warp_pixels needs recovery='inverse'"):
         conditioned.init(jax.random.key(0), latent, _with_direction(0.5, key), inputs)
+
+
+@pytest.mark.parametrize("head,features", [("pooled", 2 * 16), ("flatten", 4 * 4 * 16)])
+def test_classifier_embedding_head_reads_pooled_or_every_position(head, features):
+    """model.classifier_embedding_head: "pooled" embeds the mean and max over positions,
+    not where they are; "flatten" embeds every
+    position of the last (H/8) map, as the attacker does. Both stay unit vectors."""
+    from sdn_jax.models.classifier import Classifier
+
+    classifier = Classifier(num_identities=5, widths=(8, 16), embedding_dim=6, embedding_head=head)
+    images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+    params = classifier.init(jax.random.key(0), images)["params"]
+    embedding_kernels = [v["kernel"] for k, v in params.items()
+                         if k.startswith("Dense") and v["kernel"].shape[-1] == 6]  # fmt: skip
+    assert [k.shape for k in embedding_kernels] == [(features, 6)]
+    out = classifier.apply({"params": params}, images)
+    np.testing.assert_allclose(np.linalg.norm(out.embedding, axis=-1), 1.0, atol=1e-5)
+
+
+def test_classifier_embedding_head_must_be_known():
+    bad = tiny_config.get_config()
+    bad.model.classifier_embedding_head = "attention"
+    networks = state_lib.build_networks(bad, NUM_IDENTITIES)
+    with pytest.raises(ValueError, match="classifier_embedding_head must be 'pooled' or 'flatten'"):
+        networks["classifier"].init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
