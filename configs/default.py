@@ -154,7 +154,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.train = train = ml_collections.ConfigDict()
     # 800 classifier warm-up steps (~20 s) + 5,200 full steps (~6.5 steps/s on 2 CPU
-    # cores at 32 px) + ~1 min setup: the whole README command in ~18 min. 4,000 full
+    # cores at 32 px) + ~1 min setup: the whole README command in ~18.2 min. 4,000 full
     # steps linked 2x more anonymized faces (docs/experiments.md, "Recovery's gradient").
     train.num_steps = 6000
     # Images read per step. Split evenly over all JAX processes and data devices.
