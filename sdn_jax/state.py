@@ -56,6 +56,11 @@ def build_networks(config: ml_collections.ConfigDict, num_identities: int) -> di
             f"model.use_skips needs one flag per level above the deepest "
             f"({len(m.widths) - 1} for widths {tuple(m.widths)}), got {tuple(m.use_skips)}"
         )
+    embedding_head = m.get("classifier_embedding_head", "pooled")  # older runs: pooled
+    if embedding_head not in ("pooled", "flatten"):
+        raise ValueError(
+            f"model.classifier_embedding_head must be 'pooled' or 'flatten', got {embedding_head!r}"
+        )
     return {
         "encoder": Encoder(tuple(m.widths), m.encoder_res_blocks, m.latent_dim),
         "decoder": Decoder(
@@ -77,7 +82,7 @@ def build_networks(config: ml_collections.ConfigDict, num_identities: int) -> di
             num_identities,
             widths=tuple(m.classifier_widths),
             embedding_dim=m.embedding_dim,
-            embedding_head=m.get("classifier_embedding_head", "pooled"),
+            flatten_embedding=embedding_head == "flatten",
         ),
         "club": ClubNetwork(m.club_hidden),
     }

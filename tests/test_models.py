@@ -14,6 +14,7 @@ from tiny_model import NUM_IDENTITIES, fast_jit
 from configs import tiny as tiny_config
 from sdn_jax import keys
 from sdn_jax import state as state_lib
+from sdn_jax.models.classifier import Classifier
 from sdn_jax.models.decoder import (
     _INPUT_SQUASH,
     Decoder,
@@ -385,12 +386,12 @@ def test_warping_decoder_recovery_warps_back():
 
 @pytest.mark.parametrize("head,features", [("pooled", 2 * 16), ("flatten", 4 * 4 * 16)])
 def test_classifier_embedding_head_reads_pooled_or_every_position(head, features):
-    """model.classifier_embedding_head: "pooled" embeds the mean and max over positions,
-    not where they are; "flatten" embeds every
-    position of the last (H/8) map, as the attacker does. Both stay unit vectors."""
-    from sdn_jax.models.classifier import Classifier
-
-    classifier = Classifier(num_identities=5, widths=(8, 16), embedding_dim=6, embedding_head=head)
+    """model.classifier_embedding_head: "pooled" embeds the mean and max of each channel
+    over positions; "flatten" embeds every position of the last map, as the attacker
+    does. Both stay unit vectors."""
+    classifier = Classifier(
+        num_identities=5, widths=(8, 16), embedding_dim=6, flatten_embedding=head == "flatten"
+    )
     images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
     params = classifier.init(jax.random.key(0), images)["params"]
     embedding_kernels = [v["kernel"] for k, v in params.items()
@@ -403,6 +404,5 @@ def test_classifier_embedding_head_reads_pooled_or_every_position(head, features
 def test_classifier_embedding_head_must_be_known():
     bad = tiny_config.get_config()
     bad.model.classifier_embedding_head = "attention"
-    networks = state_lib.build_networks(bad, NUM_IDENTITIES)
     with pytest.raises(ValueError, match="classifier_embedding_head must be 'pooled' or 'flatten'"):
-        networks["classifier"].init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+        state_lib.build_networks(bad, NUM_IDENTITIES)
