@@ -59,24 +59,3 @@ def recolour(key: jax.Array, images: jax.Array, probability: float) -> jax.Array
     chosen = jax.random.bernoulli(k[6], probability, (b, 1, 1, 1))
     weight = jnp.where(everywhere, 1.0, region) * chosen
     return (x + weight * (y - x)) * 2.0 - 1.0
-
-
-def shift_and_flip(key: jax.Array, images: jax.Array, max_shift: int, flip: float) -> jax.Array:
-    """Each image moved by a random whole number of pixels (up to `max_shift` each way,
-    edges repeated) and mirrored with probability `flip`. Differentiable in the images.
-
-    What a critic sees of a generated face through these views is what any recognizer
-    would see: a change that fools one network only at one exact pixel alignment does
-    not carry over to another network (the input-diversity trick for transferable
-    adversarial examples), and the independent attacker is another network.
-    """
-    b, h, w, c = images.shape
-    k_shift, k_flip = jax.random.split(key)
-    mirrored = jax.random.bernoulli(k_flip, flip, (b, 1, 1, 1))
-    images = jnp.where(mirrored, images[:, :, ::-1], images)
-    if max_shift <= 0:
-        return images
-    padded = jnp.pad(images, ((0, 0), (max_shift,) * 2, (max_shift,) * 2, (0, 0)), mode="edge")
-    offsets = jax.random.randint(k_shift, (b, 2), 0, 2 * max_shift + 1)
-    crop = lambda image, o: jax.lax.dynamic_slice(image, (o[0], o[1], 0), (h, w, c))
-    return jax.vmap(crop)(padded, offsets)

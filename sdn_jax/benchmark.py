@@ -4,7 +4,7 @@
 
 No SECTION runs them all. Prints a table and writes JSON (INTERFACES.md):
 `{"device": ..., "num_devices": ..., "<section>": {"images_per_s": ..., ...}, ...}`.
-A section is one function `(config, options) -> dict` registered in `SECTIONS`; add one
+A section is one function `(settings, options) -> dict` registered in `SECTIONS`; add one
 there and it becomes a command-line choice.
 """
 
@@ -17,14 +17,15 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 import sdn_jax.data
 from sdn_jax import inference
+from sdn_jax import settings as settings_lib
 from sdn_jax.data import builders, pipeline, synth_faces
+from sdn_jax.settings import Settings
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON results (optional).")
@@ -82,9 +83,9 @@ def _timed(step: Callable[[], object], options: Options) -> tuple[int, float]:
             return count, elapsed
 
 
-def input_pipeline(config: ml_collections.ConfigDict, options: Options) -> dict:
+def input_pipeline(settings: Settings, options: Options) -> dict:
     """Training batches per second out of the grain pipeline, this process alone."""
-    data = config.data
+    data = settings.data
     _log(f"input_pipeline: preparing {data.name} at {data.image_size}px in {options.data_dir}")
     builder = builders.prepare(
         data.name,
@@ -94,8 +95,8 @@ def input_pipeline(config: ml_collections.ConfigDict, options: Options) -> dict:
         **sdn_jax.data.dataset_options(data),
     )
     source = builder.as_data_source("train")
-    iterator = pipeline.from_config(config, source, train=True)
-    batch_size = config.train.global_batch_size // jax.process_count()
+    iterator = pipeline.from_settings(settings, source, train=True)
+    batch_size = settings.train.global_batch_size // jax.process_count()
     _log(
         f"input_pipeline: {len(source)} train records, batch {batch_size}, "
         f"{data.worker_count} workers; timing"
@@ -114,12 +115,13 @@ def input_pipeline(config: ml_collections.ConfigDict, options: Options) -> dict:
     }
 
 
-def synth_faces_renderer(config: ml_collections.ConfigDict, options: Options) -> dict:
+def synth_faces_renderer(settings: Settings, options: Options) -> dict:
     """Synthetic faces rendered per second (numpy, one thread), at the config's size.
 
     Bounds how fast the synthetic set prepares; training reads prepared data.
     """
-    size = config.data.image_size if config.data.image_size in synth_faces.IMAGE_SIZES else 64
+    size = settings.data.image_size
+    size = size if size in synth_faces.IMAGE_SIZES else 64
     batch = 256
     counter = iter(range(10**9))
 
@@ -139,19 +141,19 @@ def synth_faces_renderer(config: ml_collections.ConfigDict, options: Options) ->
     }
 
 
-def anonymize(config: ml_collections.ConfigDict, options: Options) -> dict:
+def anonymize(settings: Settings, options: Options) -> dict:
     """Faces anonymized per second by the model's jitted E + G (no file IO), in the fixed
     batches that `python -m sdn_jax.anonymize` uses."""
     if options.workdir:
         model = inference.load(options.workdir)
         weights = f"{model.source} step {model.step}"
     else:
-        model = inference.initialised(config)
+        model = inference.initialised(settings)
         weights = "initialised"
     size, batch = model.image_size, model.batch_size
     images = np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
     choices = {name: False for name in model.key_attributes}
-    key = inference.make_key("benchmark passphrase", choices, model.config)
+    key = inference.make_key("benchmark passphrase", choices, model.model_settings)
     _log(f"anonymize: {weights}, batches of {batch} at {size}px; timing")
     num_batches, seconds = _timed(lambda: model.anonymize(images, key), options)
     return {
@@ -174,43 +176,16 @@ def _peak_flops_per_s(options: Options, size: int = 2048) -> float:
     return 2.0 * size**3 * count / seconds
 
 
-def train_step(config: ml_collections.ConfigDict, options: Options) -> dict:
+def train_step(settings: Settings, options: Options) -> dict:
     """Full SDN train steps per second (every network updated; the classifier warm-up
     steps are not timed) on random images, with XLA's FLOP count of the compiled step."""
-    from sdn_jax import sharding, steps
-    from sdn_jax import state as state_lib
+    from sdn_jax import training_setup
 
-    batch_size = config.train.global_batch_size
-    size = config.data.image_size
-    num_identities = config.data.get("num_train_identities", 1000)
-    networks = state_lib.build_networks(config, num_identities)
-    optimizers = state_lib.build_optimizers(config)
-    init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-    mesh = sharding.make_mesh(config.mesh)
-    sharding.check_batch_size(batch_size, mesh)
-    sharding.check_batch_size(
-        steps.generator_batch_size(config), mesh, "train.generator_batch_size"
-    )
-    create = lambda: state_lib.create_state(init_rng, networks, optimizers, config)
-    state_sharding = sharding.state_shardings(jax.eval_shape(create), mesh)
-    batch_sharding = sharding.batch_sharding(mesh)
-    state = jax.jit(create, out_shardings=state_sharding)()
-    rng = np.random.default_rng(0)
-    group = max(1, config.data.get("photos_per_person_in_batch", 1))
-    batch = sharding.global_batch(
-        {
-            "image": rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32),
-            "identity": (np.arange(batch_size) // group).astype(np.int32),
-            "attributes": rng.random((batch_size, 40)) < 0.5,
-        },
-        batch_sharding,
-    )
-    step_fn = jax.jit(
-        steps.make_train_step(networks, optimizers, config, step_rng),
-        in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
+    batch_size, size = settings.train.global_batch_size, settings.data.image_size
+    setup = training_setup.build(settings)
+    state = setup.create_state()
+    batch = setup.global_batch(training_setup.random_batch(settings))
+    step_fn = setup.train_step()
     _log(f"train_step: compiling ({size}px, global batch {batch_size})")
     start = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
@@ -231,7 +206,7 @@ def train_step(config: ml_collections.ConfigDict, options: Options) -> dict:
     achieved = flops_per_step * count / seconds
     return {
         "images_per_s": count * batch_size / seconds,
-        "generator_images_per_s": count * steps.generator_batch_size(config) / seconds,
+        "generator_images_per_s": count * settings.train.generator_images / seconds,
         "steps_per_s": count / seconds,
         "flops_per_image": flops_per_step / batch_size,
         "achieved_flops_per_s": achieved,
@@ -246,7 +221,7 @@ def train_step(config: ml_collections.ConfigDict, options: Options) -> dict:
     }
 
 
-SECTIONS: dict[str, Callable[[ml_collections.ConfigDict, Options], dict]] = {
+SECTIONS: dict[str, Callable[[Settings, Options], dict]] = {
     "train_step": train_step,
     "input_pipeline": input_pipeline,
     "synth_faces_renderer": synth_faces_renderer,
@@ -254,20 +229,19 @@ SECTIONS: dict[str, Callable[[ml_collections.ConfigDict, Options], dict]] = {
 }
 
 
-def run(
-    config: ml_collections.ConfigDict, sections: list[str] | tuple[str, ...], options: Options
-) -> dict:
+def run(config, sections: list[str] | tuple[str, ...], options: Options) -> dict:
     """Runs the named sections (all when empty); returns the results as INTERFACES.md has them."""
     unknown = [name for name in sections if name not in SECTIONS]
     if unknown:
         raise ValueError(f"Unknown benchmark sections {unknown}; choose from {list(SECTIONS)}")
+    settings = settings_lib.from_config(config)
     device = jax.devices()[0]
     results = {
         "device": getattr(device, "device_kind", None) or device.platform,
         "num_devices": jax.device_count(),
     }
     for name in sections or SECTIONS:
-        results[name] = SECTIONS[name](config, options)
+        results[name] = SECTIONS[name](settings, options)
     return results
 
 
@@ -285,7 +259,7 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _data_dir(config: ml_collections.ConfigDict) -> str:
+def _data_dir(config) -> str:
     if _DATA_DIR.value:
         return _DATA_DIR.value
     if config.data.data_dir:

@@ -249,7 +249,7 @@ def _prepare(args, anonymizing: bool) -> tuple[inference.Model, inference.Key, d
     passphrase = read_passphrase(args.password_file, confirm=anonymizing)
     model = _load_model(args)
     try:
-        key = inference.make_key(passphrase, choices, model.config)
+        key = inference.make_key(passphrase, choices, model.model_settings)
     except ValueError as error:  # keys.py's messages hold nothing of the passphrase
         raise UsageError(str(error)) from None
     _make_output(args.output)

@@ -1,13 +1,12 @@
 """A trained run's encoder and decoder, loaded for anonymizing and recovering images.
 
     model = inference.load("runs/default")        # or load(checkpoint="runs/default/checkpoints")
-    key = inference.make_key(passphrase, {"Smiling": True, ...}, model.config)
+    key = inference.make_key(passphrase, {"Smiling": True, ...}, model.model_settings)
     anonymized = model.anonymize(images, key)     # (N, S, S, 3) float in [-1, 1]
     original = model.recover(anonymized, key)
 
 Only E's and G's parameters are read from the checkpoint (an Orbax partial restore), so
-neither the training data (the classifier's head size depends on it) nor the optimiser
-states are needed. Nothing is renamed or written in the run's folder: an unusable
+neither the training data nor the optimiser states are needed. Nothing is renamed or written in the run's folder: an unusable
 checkpoint is an error, never a silent fall-back to an older step, because recovery only
 works with the very weights that anonymized.
 
@@ -24,20 +23,19 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
 from sdn_jax import keys
+from sdn_jax import settings as settings_lib
 from sdn_jax import state as state_lib
+from sdn_jax.models import sdn
 from sdn_jax.checkpointing import STATE
 from sdn_jax.checkpointing import silence_failed_restore_noise as silence_restore_noise
 
 DEFAULT_BATCH_SIZE = 16
 CONFIG_FILE = "config.json"
-# build_networks needs the classifier's number of identities, which only the training data
-# knows; its value does not matter here, as no classifier parameters are built or read.
-_ANY_NUM_IDENTITIES = 1
+_NEEDED = ("data", "model", "train")  # the sections of config.json inference reads
 
 
 class LoadError(Exception):
@@ -55,17 +53,20 @@ class Key:
         return "Key(<secret>)"
 
 
-def make_key(passphrase: str, choices: Mapping[str, bool], config) -> Key:
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """What inference needs of a run's config.json."""
+
+    data: settings_lib.Data
+    model: settings_lib.Model
+    ema: bool  # the run keeps moving averages of E and G: they are the model
+
+
+def make_key(passphrase: str, choices: Mapping[str, bool], model: settings_lib.Model) -> Key:
     """The Key of a passphrase (scrypt, keys.password_bits) and {attribute: bool}."""
-    bits = keys.password_bits(passphrase, config.model.password_bits)
-    attributes = keys.attributes_to_vector(choices, config.model.key_attributes)
+    bits = keys.password_bits(passphrase, model.password_bits)
+    attributes = keys.attributes_to_vector(choices, model.key_attributes)
     return Key(password=keys.bits_to_vector(bits), attributes=attributes)
-
-
-def generate(networks: dict, params: dict, images: jax.Array, condition: jax.Array) -> jax.Array:
-    """G(E(images), condition, images): one anonymizing or recovering pass of SDN."""
-    latent = state_lib.apply(networks["encoder"], params["encoder"], images)
-    return state_lib.apply(networks["decoder"], params["decoder"], latent, condition, images)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -77,27 +78,29 @@ def _transform(encoder, decoder, params, images, direction, password, attributes
         jnp.broadcast_to(password, (batch, password.shape[-1])),
         jnp.broadcast_to(attributes, (batch, attributes.shape[-1])),
     )
-    return generate({"encoder": encoder, "decoder": decoder}, params, images, condition)
+    return sdn.generate({"encoder": encoder, "decoder": decoder}, params, images, condition)
 
 
 class Model:
     """E and G of one run with a fixed batch size (inputs are padded, so any number of
     images runs the same compiled program)."""
 
-    def __init__(self, config, params: dict, *, step: int | None, source: str, batch_size: int):
+    def __init__(self, run: RunConfig, params: dict, *, step: int | None, source: str,
+                 batch_size: int):  # fmt: skip
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.config, self.step, self.source, self.batch_size = config, step, source, batch_size
-        self.networks = state_lib.build_networks(config, _ANY_NUM_IDENTITIES)
+        self.run, self.step, self.source, self.batch_size = run, step, source, batch_size
+        self.model_settings = run.model
+        self.networks = sdn.build_networks(run.model)
         self.params = {"encoder": params["encoder"], "decoder": params["decoder"]}
 
     @property
     def image_size(self) -> int:
-        return int(self.config.data.image_size)
+        return self.run.data.image_size
 
     @property
     def key_attributes(self) -> tuple[str, ...]:
-        return tuple(self.config.model.key_attributes)
+        return self.run.model.key_attributes
 
     def anonymize(self, images, key: Key) -> np.ndarray:
         """Anonymized faces of `images` ((N, S, S, 3) in [-1, 1]) under `key`."""
@@ -109,7 +112,7 @@ class Model:
 
     def compile(self) -> None:
         """Compiles (or finds compiled) the one program every batch runs, with a dummy key."""
-        size, m = self.image_size, self.config.model
+        size, m = self.image_size, self.run.model
         dummy = Key(
             np.zeros(m.password_bits, np.float32), np.zeros(len(m.key_attributes), np.float32)
         )
@@ -122,7 +125,7 @@ class Model:
             raise ValueError(f"images must be (N, {size}, {size}, 3), got {images.shape}")
         if images.size and not (images.min() >= -1.0 and images.max() <= 1.0):
             raise ValueError("images must be in [-1, 1]")
-        if key.password.shape != (self.config.model.password_bits,) or key.attributes.shape != (
+        if key.password.shape != (self.run.model.password_bits,) or key.attributes.shape != (
             len(self.key_attributes),
         ):
             raise ValueError("the key was made for another model configuration")
@@ -146,23 +149,26 @@ class Model:
         return np.concatenate(outputs)
 
 
-def read_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """A run's config.json (as train.py writes it), locked."""
+def read_config(path: str | os.PathLike) -> RunConfig:
+    """What inference needs of a run's config.json (as train.py writes it; an older
+    run's is upgraded, settings_lib.upgrade)."""
     path = Path(path)
     try:
-        config = ml_collections.ConfigDict(json.loads(path.read_text()))
+        raw = json.loads(path.read_text())
     except FileNotFoundError:
         raise LoadError(f"{path} is missing: is this the folder of a training run?") from None
-    except (OSError, ValueError) as error:  # ValueError: not JSON or not a dict of fields
+    except (OSError, ValueError) as error:  # ValueError: not JSON
         raise LoadError(f"{path} cannot be read as a run's config: {error}") from None
-    for field in ("data.image_size", "model.password_bits", "model.key_attributes"):
-        node = config
-        for part in field.split("."):
-            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-                raise LoadError(f"{path} has no {field}: not the config of an SDN run")
-            node = node[part]
-    config.lock()
-    return config
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(k), dict) for k in _NEEDED):
+        raise LoadError(f"{path} lacks a {'/'.join(_NEEDED)} section: not the config of an SDN run")
+    try:
+        config = settings_lib.upgrade({k: raw[k] for k in _NEEDED})
+        data = settings_lib.section(settings_lib.Data, config["data"], "data")
+        model = settings_lib.section(settings_lib.Model, config["model"], "model")
+        ema = settings_lib.section(settings_lib.Train, config["train"], "train").ema_decay > 0
+    except settings_lib.SettingsError as error:
+        raise LoadError(f"{path}: {error}") from None
+    return RunConfig(data=data, model=model, ema=ema)
 
 
 def checkpoint_steps(directory: str | os.PathLike) -> list[int]:
@@ -217,13 +223,17 @@ def find_checkpoint(
     return config_path, folder / str(step)
 
 
-def restore_generator(config, step_dir: str | os.PathLike) -> tuple[dict, int]:
+def _init_params(rng, networks, run: RunConfig) -> dict:
+    return sdn.init_params(rng, networks, run.model, run.data.image_size)
+
+
+def restore_generator(run: RunConfig, step_dir: str | os.PathLike) -> tuple[dict, int]:
     """(E and G params, the saved step) from one checkpoint step folder, on one device."""
-    networks = state_lib.build_networks(config, _ANY_NUM_IDENTITIES)
-    abstract = jax.eval_shape(lambda: state_lib.init_params(jax.random.key(0), networks, config))
+    networks = sdn.build_networks(run.model)
+    abstract = jax.eval_shape(lambda: _init_params(jax.random.key(0), networks, run))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     # A run that keeps moving averages of E and G (train.ema_decay) is used through them.
-    group = "ema_params" if state_lib.ema_decay(config) else "params"
+    group = "ema_params" if run.ema else "params"
     target = {
         group: {name: abstract[name] for name in state_lib.INFERENCE_NETWORKS},
         "step": jax.ShapeDtypeStruct((), jnp.int32),
@@ -273,19 +283,20 @@ def load(
 ) -> Model:
     """The Model of a trained run (see find_checkpoint for what workdir/checkpoint mean)."""
     config_path, step_dir = find_checkpoint(workdir, checkpoint, step)
-    config = read_config(config_path)
-    params, saved_step = restore_generator(config, step_dir)
+    run = read_config(config_path)
+    params, saved_step = restore_generator(run, step_dir)
     source = str(Path(workdir if workdir is not None else checkpoint).absolute())
-    return Model(config, params, step=saved_step, source=source, batch_size=batch_size)
+    return Model(run, params, step=saved_step, source=source, batch_size=batch_size)
 
 
-def initialised(config, *, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE) -> Model:
-    """A Model with freshly initialised weights (for speed measurements: the weights do
-    not change the work)."""
-    networks = state_lib.build_networks(config, _ANY_NUM_IDENTITIES)
+def initialised(settings, *, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE) -> Model:
+    """A Model of a run's settings with freshly initialised weights (for speed
+    measurements: the weights do not change the work)."""
+    run = RunConfig(data=settings.data, model=settings.model, ema=False)
+    networks = sdn.build_networks(run.model)
     init = jax.jit(  # Runs once: LLVM's optimisations would only add compile time.
-        lambda rng: state_lib.init_params(rng, networks, config),
+        lambda rng: _init_params(rng, networks, run),
         compiler_options={"xla_backend_optimization_level": 0},
     )
     params = init(jax.random.key(seed))
-    return Model(config, params, step=None, source="initialised", batch_size=batch_size)
+    return Model(run, params, step=None, source="initialised", batch_size=batch_size)

@@ -47,20 +47,6 @@ def attribute_bce(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets))
 
 
-def identity_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Cross-entropy of identity logits: the classifier learns people; the recovery must
-    be recognised as the original person."""
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-
-
-def identity_removal(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """-log(1 - p(y | x_A)): zero when the classifier no longer sees the true person,
-    large when it does. Bounded gradients, unlike maximising the cross-entropy."""
-    log_p = jax.nn.log_softmax(logits)
-    p_true = jnp.exp(jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0])
-    return jnp.mean(-jnp.log1p(-jnp.clip(p_true, 0.0, 1.0 - 1e-6)))
-
-
 def _unit_rows(x: jax.Array) -> jax.Array:
     return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + 1e-6)
 
@@ -74,11 +60,10 @@ def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.mean(_row_cosines(a, b))
 
 
-def dissimilarity(a: jax.Array, b: jax.Array, power: float = 1.0) -> jax.Array:
-    """Mean of ((1 + cos) / 2) ** power over rows, in [0, 1]: minimised, it drives cos(a, b)
-    towards -1 (different people). power > 1 pushes hardest on the rows still most alike
-    (at power 2 a row's gradient grows with its cosine) and as hard as power 1 at cos 0."""
-    return jnp.mean((0.5 * (1.0 + _row_cosines(a, b))) ** power)
+def dissimilarity(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Mean of (1 + cos) / 2 over rows, in [0, 1]: minimised, it drives cos(a, b) towards
+    -1 (different people)."""
+    return jnp.mean(0.5 * (1.0 + _row_cosines(a, b)))
 
 
 def mismatch(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -103,16 +88,6 @@ def supervised_contrastive(embeddings: jax.Array, labels: jax.Array, temperature
     per_row = -jnp.sum(jnp.where(positive, log_prob, 0.0), -1) / jnp.maximum(count, 1)
     has_positive = count > 0
     return jnp.sum(jnp.where(has_positive, per_row, 0.0)) / jnp.maximum(has_positive.sum(), 1)
-
-
-def person_centroids(embeddings: jax.Array, labels: jax.Array) -> jax.Array:
-    """Each row's person in the batch: the unit mean of the unit embeddings of every row
-    with its label (itself included, so a person seen once is their own photo). What a
-    recognizer holding several photos compares with: identity without one photo's pose,
-    light and expression."""
-    unit = _unit_rows(embeddings)
-    same = (labels[:, None] == labels[None, :]).astype(unit.dtype)
-    return _unit_rows(same @ unit / jnp.sum(same, axis=-1, keepdims=True))
 
 
 def gaussian_log_likelihood(mean: jax.Array, log_var: jax.Array, y: jax.Array) -> jax.Array:

@@ -15,7 +15,7 @@ SYNTH_FACES_OPTIONS = (
 def dataset_options(data_config) -> dict:
     """The dataset-shaping options of a config's `data` block, for load_source/prepare."""
     if data_config.name == "synth_faces":
-        return {key: data_config[key] for key in SYNTH_FACES_OPTIONS}
+        return {key: getattr(data_config, key) for key in SYNTH_FACES_OPTIONS}
     return {}
 
 

@@ -310,24 +310,24 @@ def eval_iterator(
     return _finish(ds[process_index::process_count], batch_size, worker_count=0)
 
 
-def from_config(
-    config,
+def from_settings(
+    settings,
     source: Sequence,
     *,
     train: bool,
     process_index: int | None = None,
     process_count: int | None = None,
 ):
-    """The train iterator or eval dataset that `config` (seed, data, train) describes."""
+    """The train iterator or eval dataset that `settings` (seed, data, train) describe."""
     common = dict(
-        global_batch_size=config.train.global_batch_size,
+        global_batch_size=settings.train.global_batch_size,
         process_index=process_index,
         process_count=process_count,
     )
     if not train:
         return eval_iterator(source, **common)
-    photos_per_person = config.data.get("photos_per_person_in_batch", 1)
-    limit = config.data.get("in_memory_mb", 0) * 2**20
+    photos_per_person = settings.data.photos_per_person_in_batch
+    limit = settings.data.in_memory_mb * 2**20
     if limit and InMemorySource.decoded_bytes(source) <= limit:
         source = InMemorySource(source)
     identities = None
@@ -336,9 +336,9 @@ def from_config(
         identities = read_identities(source) if identities is None else identities
     return train_iterator(
         source,
-        seed=config.seed,
-        random_flip=config.data.random_flip,
-        worker_count=config.data.worker_count,
+        seed=settings.seed,
+        random_flip=settings.data.random_flip,
+        worker_count=settings.data.worker_count,
         identities=identities,
         photos_per_person=photos_per_person,
         **common,

@@ -13,16 +13,17 @@ the threshold is set as it will be used: on faces it never learned. Test people 
 never touched. A second threshold, `one_photo_threshold`, is the same for galleries of a
 single photo (pairs of photos of different people), the weaker attacker of the paper.
 
-    attacker = get_attacker(config, workdir)
+    attacker = get_attacker(settings, workdir)
     e = attacker.embed(images)            # (N, D) unit embeddings; images in [-1, 1]
     g = attacker.galleries(attacker.embed(reference_photos), owner)  # (people, D)
     attacker.same_person(e, g[probe_owner])  # cosine > attacker.threshold, row by row
     attacker.attributes(images)           # (N, 40) probabilities, CelebA order
 
-Settings: `default_settings()`; a config overrides any of them in `config.eval.attacker`.
+Settings: `eval.attacker` of the run's config (configs/default.py says why each value).
 """
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,14 +33,14 @@ import time
 import flax.serialization
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 import sdn_jax.data
 from sdn_jax.data import attributes as attr_lib
 from sdn_jax.evaluation import attacker_training, metrics
-from sdn_jax.evaluation import settings as eval_settings
 from sdn_jax.evaluation.recognizer_model import resize_to
+from sdn_jax import settings as settings_lib
+from sdn_jax.settings import Settings
 
 log = logging.getLogger("sdn_jax")
 
@@ -48,56 +49,13 @@ PARAMS_FILE = "params.msgpack"
 INFO_FILE = "attacker.json"
 
 
-def default_settings() -> ml_collections.ConfigDict:
-    """The attacker's settings; measured choices in docs/experiments.md."""
-    s = ml_collections.ConfigDict()
-    s.seed = 20250101  # its own, never config.seed: SDN's randomness is no help to it
-    s.far = 0.01  # verification threshold: this share of different-person pairs pass
-    s.calibration_people = 100  # train-split people held out of training, for the threshold
-    # Photos of each person in the attacker's gallery. 4 instead of 1 (one reference photo)
-    # raised the test TAR at 1% FAR from 0.90 to 0.97 and linked no more anonymized faces
-    # (docs/experiments.md, "A gallery attacker").
-    s.gallery_photos = 4
-    # Identity network (recognizer_model.Recognizer) and its CosFace prototype training.
-    s.input_size = 32
-    # Three stride-2 convs and no res blocks, for 4,000 steps: test TAR 0.916 at 1% FAR
-    # for 58% of the CPU time of (24, 48, 96) with res blocks for 2,700 steps (0.919);
-    # the res blocks' stride-1 convs cost ~60% of a step on a CPU (docs/experiments.md).
-    s.widths = (32, 64, 128)
-    s.res_blocks = 0  # per stage after the first, in both networks
-    s.embedding_dim = 128
-    s.num_steps = 4000
-    s.people_per_batch = 32
-    s.photos_per_person = 4
-    s.margin = 0.2  # CosFace additive cosine margin
-    s.scale = 16.0  # CosFace logit scale
-    s.recolour_probability = 0.5
-    # Share of training images with a damaged face centre (attacker_training.damage_patch):
-    # 0.25 doubles the match rate of faces with scrambled eyes and mouth, test TAR 0.912.
-    s.damage_probability = 0.25
-    s.learning_rate = 3e-3
-    s.weight_decay = 5e-4
-    # Attribute network: its own Recognizer at the data's resolution (None) or at this
-    # size (smiles and open mouths are a pixel or two at 32 px).
-    s.attribute_input_size = ml_collections.config_dict.placeholder(int)
-    s.attribute_widths = (16, 32, 64, 128)
-    # 2,400 steps: key-attribute accuracy 0.887 on real test photos (600 steps: 0.827;
-    # 4,000: 0.909); Smiling is the hard one (0.75).
-    s.attribute_steps = 2400
-    s.attribute_batch_size = 64
-    s.key_attribute_weight = 4.0  # loss weight of config.model.key_attributes (others: 1)
-    s.log_every_steps = 100
-    s.batch_size = 256  # images per jitted call in embed / attributes
-    return s
-
-
-def settings_from_config(config) -> ml_collections.ConfigDict:
-    """default_settings() updated with `config.eval.attacker`, where the config has one."""
-    overrides = eval_settings.config_section(config, "attacker")
-    settings = eval_settings.with_overrides(default_settings(), overrides, "config.eval.attacker")
-    if settings.attribute_input_size is None:
-        settings.attribute_input_size = int(config.data.image_size)
-    return settings
+def resolved_settings(settings: Settings) -> settings_lib.Attacker:
+    """`eval.attacker` with its attribute network's input size filled in (None: the
+    data's resolution)."""
+    attacker = settings.eval.attacker
+    if attacker.attribute_input_size is None:
+        attacker = dataclasses.replace(attacker, attribute_input_size=settings.data.image_size)
+    return attacker
 
 
 class Attacker:
@@ -172,18 +130,18 @@ class Attacker:
         }
 
 
-def cache_fingerprint(config, settings) -> dict:
-    """What a cached attacker must have been trained with to be used for `config`."""
-    data = config.data
+def cache_fingerprint(run: Settings, settings: settings_lib.Attacker) -> dict:
+    """What a cached attacker must have been trained with to be used for `run`."""
+    data = run.data
     return {
         "format": CACHE_FORMAT,
-        "settings": settings.to_dict(),
+        "settings": dataclasses.asdict(settings),
         "data": {
             "name": data.name,
             "image_size": int(data.image_size),
             "options": sdn_jax.data.dataset_options(data),
         },
-        "key_attributes": list(config.model.key_attributes),
+        "key_attributes": list(run.model.key_attributes),
     }
 
 
@@ -198,9 +156,9 @@ def downsample_uint8(images: np.ndarray, size: int, chunk: int = 2048) -> np.nda
     return np.concatenate(out)
 
 
-def load_train_images(config, workdir: str, size: int) -> dict:
+def load_train_images(run: Settings, workdir: str, size: int) -> dict:
     """The train split as uint8 images at `size` px (box-averaged), identities, attributes."""
-    data = config.data
+    data = run.data
     data_dir = data.data_dir or sdn_jax.data.default_data_dir(workdir)
     source = sdn_jax.data.load_source(
         data.name, "train", data.image_size, data_dir, manual_dir=data.manual_dir,
@@ -351,15 +309,15 @@ def _abstract_params(settings) -> dict:
     return jax.eval_shape(init)
 
 
-def get_attacker(config, workdir: str) -> Attacker:
+def get_attacker(run: Settings, workdir: str) -> Attacker:
     """The workdir's attacker: loaded from `<workdir>/eval/attacker/`, else trained there.
 
     A cache that is unreadable, altered, or made with other settings or data is not used:
     a warning says why, and the attacker is trained again and the cache replaced.
     """
-    settings = settings_from_config(config)
+    settings = resolved_settings(run)
     directory = os.path.join(workdir, "eval", "attacker")
-    fingerprint = cache_fingerprint(config, settings)
+    fingerprint = cache_fingerprint(run, settings)
     if os.path.exists(os.path.join(directory, INFO_FILE)):
         try:
             attacker = _load(directory, settings, fingerprint)
@@ -367,8 +325,8 @@ def get_attacker(config, workdir: str) -> Attacker:
             return attacker
         except CorruptCacheError as e:
             log.warning("Not using the cached attacker in %s: %s. Training it again.", directory, e)
-    train = load_train_images(config, workdir, settings.attribute_input_size)
-    attacker = train_attacker(train, settings, config.model.key_attributes)
+    train = load_train_images(run, workdir, settings.attribute_input_size)
+    attacker = train_attacker(train, settings, run.model.key_attributes)
     if jax.process_index() == 0:
         _save(attacker, directory, fingerprint)
     return attacker

@@ -21,7 +21,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from sdn_jax import inference, keys
@@ -30,30 +29,14 @@ from sdn_jax.data import pipeline
 from sdn_jax.evaluation import attacker as attacker_lib
 from sdn_jax.evaluation import metrics
 from sdn_jax.evaluation import outputs as outputs_lib
-from sdn_jax.evaluation import settings as eval_settings
 from sdn_jax.evaluation.outputs import OUTPUTS, SHOULD_MATCH
 from sdn_jax.evaluation.report_markdown import report_markdown
+from sdn_jax.settings import Model, Settings
 
 log = logging.getLogger("sdn_jax")  # main.py shows it at INFO; absl is at WARNING
 
 REPORT_JSON, REPORT_MD, SECURITY_PLOT = "report.json", "report.md", "security.png"
 KEY_SEED = 4321  # the faces' random keys: fixed, so runs and steps compare
-
-
-def default_settings() -> ml_collections.ConfigDict:
-    s = ml_collections.ConfigDict()
-    s.probes_per_person = 4  # probe photos per person (each with its own key)
-    s.max_people = 200  # people per split (all of the default test split)
-    s.validation_people = 200  # known people (validation split); 0 skips it
-    s.batch_size = 64  # SDN images per jitted call
-    s.security = True  # run the security study (sdn_jax.evaluation.security)
-    return s
-
-
-def settings_from_config(config) -> ml_collections.ConfigDict:
-    """default_settings() updated with the plain fields of `config.eval.report`."""
-    overrides = eval_settings.config_section(config, "report")
-    return eval_settings.with_overrides(default_settings(), overrides, "config.eval.report")
 
 
 def probes_and_references(
@@ -103,14 +86,14 @@ def probes_and_references(
     )
 
 
-def face_keys(count: int, config) -> dict:
+def face_keys(count: int, model: Model) -> dict:
     """One random key per face, a second password (diversity), a wrong password (random,
     never the right one) and the right password with one key attribute flipped."""
     rng = jax.random.key(KEY_SEED)
     rng_p, rng_p2, rng_a, rng_w, rng_f = jax.random.split(rng, 5)
-    bits = config.model.password_bits
+    bits = model.password_bits
     password = keys.random_passwords(rng_p, count, bits)
-    attributes = keys.random_attributes(rng_a, count, len(config.model.key_attributes))
+    attributes = keys.random_attributes(rng_a, count, len(model.key_attributes))
     return jax.device_get(
         dict(
             password=password,
@@ -190,12 +173,12 @@ def false_accept_rates(attacker, embeddings, reference_embeddings, galleries, da
     return rates
 
 
-def evaluate_split(model, attacker, data: dict, config, settings) -> dict:
+def evaluate_split(model, attacker, data: dict, settings: Settings) -> dict:
     """Every report figure for one split's probes (see the module docstring)."""
     probes = data["probes"]
-    key = face_keys(len(probes), config)
+    key = face_keys(len(probes), settings.model)
     start = time.perf_counter()
-    out = sdn_outputs(model, probes, key, settings.batch_size)
+    out = sdn_outputs(model, probes, key, settings.eval.batch_size)
     log.info("SDN outputs for %d faces in %.1f s", len(probes), time.perf_counter() - start)
     reference_embeddings = attacker.embed(data["references"])
     galleries = attacker.galleries(reference_embeddings, data["reference_owner"])
@@ -237,14 +220,15 @@ def evaluate_split(model, attacker, data: dict, config, settings) -> dict:
         wrong = section[name].pop("_psnr")
         section[name]["fraction_within_4db_of_right_key"] = float(np.mean(wrong > right - 4.0))
     section["anonymized"].pop("_psnr")
-    key_index = np.asarray(attr_lib.attribute_indices(config.model.key_attributes))
+    key_attributes = settings.model.key_attributes
+    key_index = np.asarray(attr_lib.attribute_indices(key_attributes))
     requested = key["attributes"] > 0
     shown = attacker.attributes(out["anonymized"])[:, key_index] > 0.5
     on_originals = attacker.attributes(probes)[:, key_index] > 0.5
     section["anonymized"]["attribute_accuracy"] = float(np.mean(shown == requested))
     section["anonymized"]["attribute_accuracy_per_attribute"] = {
         name: float(v)
-        for name, v in zip(config.model.key_attributes, np.mean(shown == requested, 0))
+        for name, v in zip(key_attributes, np.mean(shown == requested, 0))
     }
     # The attribute classifier's own accuracy on the real photos: the ceiling for the above.
     section["original"]["attribute_accuracy"] = float(
@@ -281,36 +265,33 @@ def spread_over_people(probe_owner: np.ndarray) -> np.ndarray:
     return np.argsort(rank, kind="stable")
 
 
-def evaluate_run(config, workdir: str, *, step: int | None = None) -> dict:
+def evaluate_run(settings: Settings, workdir: str, *, step: int | None = None) -> dict:
     """Evaluates the run in `workdir` (its newest checkpoint, or `step`) and writes
     eval/report.json, eval/report.md and eval/security.png. Returns the report."""
-    settings = settings_from_config(config)
+    report_settings = settings.eval.report
     started = time.perf_counter()
-    model = inference.load(workdir, step=step, batch_size=settings.batch_size)
+    model = inference.load(workdir, step=step, batch_size=settings.eval.batch_size)
     log.info("Evaluating %s at step %d", workdir, model.step)
-    attacker = attacker_lib.get_attacker(config, workdir)
+    attacker = attacker_lib.get_attacker(settings, workdir)
     from sdn_jax import data as data_lib  # noqa: PLC0415 (keeps `import` of this module light)
 
-    data_dir = config.data.data_dir or data_lib.default_data_dir(workdir)
+    data = settings.data
+    data_dir = data.data_dir or data_lib.default_data_dir(workdir)
 
     def split_data(split, people):
         source = data_lib.load_source(
-            config.data.name,
-            split,
-            config.data.image_size,
-            data_dir,
-            manual_dir=config.data.manual_dir,
-            **data_lib.dataset_options(config.data),
-        )
+            data.name, split, data.image_size, data_dir, manual_dir=data.manual_dir,
+            **data_lib.dataset_options(data),
+        )  # fmt: skip
         return probes_and_references(
-            source, people, settings.probes_per_person, attacker.settings.gallery_photos
+            source, people, report_settings.probes_per_person, attacker.settings.gallery_photos
         )
 
-    split = config.eval.split
-    test = split_data(split, settings.max_people)
+    split = settings.eval.split
+    test = split_data(split, report_settings.max_people)
     log.info("Evaluation: %d %s faces of %d people", len(test["probes"]), split,
              len(np.unique(test["identities"])))  # fmt: skip
-    section, test_galleries = evaluate_split(model, attacker, test, config, settings)
+    section, test_galleries = evaluate_split(model, attacker, test, settings)
     report = {"step": int(model.step), "split": split, "num_images": section.pop("num_images")}
     report["num_people"] = section.pop("num_people")
     report.update(section)
@@ -321,18 +302,19 @@ def evaluate_run(config, workdir: str, *, step: int | None = None) -> dict:
         "far": float(attacker.settings.far),
         **{k: v for k, v in attacker.info.items() if isinstance(v, (int, float, str))},
     }
-    if settings.validation_people and split != "validation":
-        validation = split_data("validation", settings.validation_people)
-        report["validation"], _ = evaluate_split(model, attacker, validation, config, settings)
+    if report_settings.validation_people and split != "validation":
+        validation = split_data("validation", report_settings.validation_people)
+        report["validation"], _ = evaluate_split(model, attacker, validation, settings)
     eval_dir = os.path.join(os.path.abspath(workdir), "eval")
     os.makedirs(eval_dir, exist_ok=True)
-    if settings.security:
+    if report_settings.security:
         from sdn_jax.evaluation import security, security_plot  # noqa: PLC0415 (only when asked for)
 
         spread = spread_over_people(test["probe_owner"])
         report["security"] = security.security_study(
-            model, attacker, test["probes"][spread], test_galleries[spread], config
-        )
+            model, attacker, test["probes"][spread], test_galleries[spread],
+            settings.eval.security,
+        )  # fmt: skip
         if jax.process_index() == 0:
             security_plot.plot_security(report["security"], os.path.join(eval_dir, SECURITY_PLOT))
     report["seconds"] = time.perf_counter() - started

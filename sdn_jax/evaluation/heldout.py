@@ -14,7 +14,8 @@ import numpy as np
 from sdn_jax import keys
 from sdn_jax.data import attributes as attr_lib
 from sdn_jax.evaluation.outputs import OUTPUTS, make_outputs_fn
-from sdn_jax.state import apply
+from sdn_jax.models.sdn import apply
+from sdn_jax.settings import Model
 
 # Fixed evaluation keys: the same for every checkpoint, so runs and steps compare.
 EVAL_KEY_SEED = 1234
@@ -26,12 +27,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-10))
 
 
-def evaluation_keys(batch: int, config) -> dict:
+def evaluation_keys(batch: int, model: Model) -> dict:
     """Right keys, a wrong password (random, never the right one) and wrong attributes."""
     rng = jax.random.key(EVAL_KEY_SEED)
     rng_p, rng_a, rng_w, rng_wa = jax.random.split(rng, 4)
-    password = keys.random_passwords(rng_p, batch, config.model.password_bits)
-    target = keys.random_attributes(rng_a, batch, len(config.model.key_attributes))
+    password = keys.random_passwords(rng_p, batch, model.password_bits)
+    target = keys.random_attributes(rng_a, batch, len(model.key_attributes))
     wrong_password = keys.wrong_passwords(rng_w, password)
     wrong_attributes = keys.flip_bits(rng_wa, target, 1)
     return dict(
@@ -54,18 +55,18 @@ def _identification_rate(embeddings, identities, gallery_index, probe_index):
     return rates
 
 
-def evaluate_heldout(params, networks, batches, config) -> dict:
+def evaluate_heldout(params, networks, batches, model: Model) -> dict:
     """Summary figures over `batches` (dicts with image, identity, mask) of a held-out split."""
     outputs_fn = jax.jit(make_outputs_fn(networks))
     classify = jax.jit(lambda p, x: apply(networks["classifier"], p, x))
-    key_index = np.asarray(attr_lib.attribute_indices(config.model.key_attributes))
+    key_index = np.asarray(attr_lib.attribute_indices(model.key_attributes))
     collected = {name: [] for name in ("identity", "original", *OUTPUTS)}
     psnrs = {name: [] for name in OUTPUTS}
     attribute_hits, original_attribute_hits = [], []
     for batch in batches:
         mask = np.asarray(batch["mask"], bool)
         images = jnp.asarray(batch["image"])
-        key = evaluation_keys(images.shape[0], config)
+        key = evaluation_keys(images.shape[0], model)
         outputs = jax.device_get(outputs_fn(params, images, key))
         for name in OUTPUTS:
             psnrs[name].append(psnr(outputs[name], np.asarray(images))[mask])
@@ -102,7 +103,7 @@ def evaluate_heldout(params, networks, batches, config) -> dict:
         ),
     }
     per_attribute = np.mean(np.concatenate(attribute_hits), axis=0)
-    for name, hit_rate in zip(config.model.key_attributes, per_attribute):
+    for name, hit_rate in zip(model.key_attributes, per_attribute):
         summary[f"classifier/attribute_accuracy_anonymized/{name}"] = float(hit_rate)
     for name, rate in rates.items():
         summary[f"classifier/identification_{name}"] = rate

@@ -5,7 +5,7 @@ independent evaluation (evaluate.py), so all of them judge the same images.
 """
 
 from sdn_jax import keys
-from sdn_jax.state import apply
+from sdn_jax.models.sdn import apply
 
 OUTPUTS = ("anonymized", "recovered", "recovered_wrong_password", "recovered_wrong_attributes")
 # Which way each output should go for the user: recognised (True) or not (False).

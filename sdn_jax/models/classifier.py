@@ -1,8 +1,9 @@
 """Feature extractor / classifier C, trained from scratch on real images.
 
-Three heads on one trunk: identity logits over the training people, attribute logits
-(40, multi-label), and an L2-normalised identity embedding f(x) that the identity
-losses compare (it also works for people C never saw).
+Two heads on one trunk: attribute logits (40, multi-label) and an L2-normalised
+identity embedding f(x) that the identity losses compare. The embedding learns from
+pairs (a contrastive loss), so it also works for people C never saw; a softmax over the
+training people learned nothing in a short run (docs/experiments.md, session 3).
 """
 
 from collections.abc import Sequence
@@ -17,13 +18,11 @@ from sdn_jax.models.layers import ConvNormAct, ResBlock
 
 @flax.struct.dataclass
 class ClassifierOutput:
-    identity_logits: jax.Array  # (B, num_identities)
     attribute_logits: jax.Array  # (B, num_attributes)
     embedding: jax.Array  # (B, embedding_dim), unit norm
 
 
 class Classifier(nn.Module):
-    num_identities: int
     num_attributes: int = 40
     widths: Sequence[int] = (16, 32, 64)
     embedding_dim: int = 64
@@ -48,14 +47,5 @@ class Classifier(nn.Module):
         features = h.reshape(h.shape[0], -1) if self.flatten_embedding else pooled
         embedding = nn.Dense(self.embedding_dim)(features)
         embedding = embedding / (jnp.linalg.norm(embedding, axis=-1, keepdims=True) + 1e-6)
-        # Cosine logits with a fixed scale (a normalised softmax): identity decisions and
-        # the embedding then agree, so the embedding identifies people C never saw.
-        weights = self.param(
-            "identity_weights",
-            nn.initializers.normal(1.0),
-            (self.embedding_dim, self.num_identities),
-        )
-        weights = weights / (jnp.linalg.norm(weights, axis=0, keepdims=True) + 1e-6)
-        identity_logits = 16.0 * embedding @ weights
         attribute_logits = nn.Dense(self.num_attributes)(pooled)
-        return ClassifierOutput(identity_logits, attribute_logits, embedding)
+        return ClassifierOutput(attribute_logits, embedding)

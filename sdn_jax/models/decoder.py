@@ -3,8 +3,8 @@
 The condition (direction flag, password vector, attribute vector) and the latent vector z
 go through one MLP; per-block linear heads turn its output into FiLM scales and shifts.
 With `residual_output` the decoder predicts a change to its input image (in tanh's
-pre-activation space, or one with a linear interior: `linear_range`), so background and
-pose come for free and only what the key asks for has to be drawn.
+pre-activation space), so background and pose come for free and only what the key asks
+for has to be drawn.
 
 Two options make the key hard to ignore (docs/experiments.md, "the key pathway"):
 - `recovery="inverse"`: the direction flag no longer enters the MLP; the decoder draws
@@ -19,12 +19,8 @@ Two options make the key hard to ignore (docs/experiments.md, "the key pathway")
   the network like any other key (a key schedule, not a smooth code). The last
   `num_attributes` key entries (the attribute choices) are also passed as they are, so
   "draw a smile" stays one readable input.
-- `warp_pixels` > 0 (with "inverse"): G also draws a smooth displacement field f (at most
-  this many pixels) and anonymizes as warp(u, f) + r, recovers as warp(u - r, -f): the
-  face's geometry, where identity lives, can move instead of only its colours.
 """
 
-import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -32,36 +28,10 @@ import jax
 import jax.numpy as jnp
 
 from sdn_jax.models.encoder import Latent
-from sdn_jax.models.layers import FiLMConv, ResBlock, downsample, upsample
-from sdn_jax.models.warp import warp
+from sdn_jax.models.layers import FiLMConv, ResBlock, upsample
 
-# Inputs are pulled inside (-1, 1) before `to_change_space` so saturated pixels stay finite.
+# Inputs are pulled inside (-1, 1) before arctanh so saturated pixels stay finite.
 _INPUT_SQUASH = 0.98
-
-
-def from_change_space(u: jax.Array, linear_range: float) -> jax.Array:
-    """R -> (-1, 1), the map from the space G draws its change in to pixels: the identity
-    on [-a, a] (a = linear_range) and a tanh rim beyond it, joined with slope 1; a = 0 is
-    plain tanh. With tanh, moving a pixel near +-1 costs G several times the change that
-    moves a mid-grey one, so bright skin and black hair barely change. Measured (e33 in
-    docs/experiments.md, "What the attacker still links"): at a = 0.8 they changed as
-    much as the rest, but the attacker linked more faces, so the default stays tanh."""
-    if linear_range == 0:
-        return jnp.tanh(u)
-    a = linear_range
-    rim = a + (1.0 - a) * jnp.tanh((jnp.abs(u) - a) / (1.0 - a))
-    return jnp.where(jnp.abs(u) <= a, u, jnp.sign(u) * rim)
-
-
-def to_change_space(x: jax.Array, linear_range: float) -> jax.Array:
-    """The inverse of `from_change_space`, for pixels strictly inside (-1, 1)."""
-    if linear_range == 0:
-        return jnp.arctanh(x)
-    a = linear_range
-    # Clipped so that the branch jnp.where discards stays finite (no NaN gradients).
-    inner = jnp.clip((jnp.abs(x) - a) / (1.0 - a), 0.0, 1.0 - 1e-6)
-    rim = a + (1.0 - a) * jnp.arctanh(inner)
-    return jnp.where(jnp.abs(x) <= a, x, jnp.sign(x) * rim)
 
 
 class Decoder(nn.Module):
@@ -77,19 +47,9 @@ class Decoder(nn.Module):
     key_features: int = 0  # size of the fixed Fourier key map (0: the raw key vector)
     key_frequency: float = 3.0  # std of the Fourier map's frequencies, radians per bit
     num_attributes: int = 0  # trailing key entries that are attribute choices
-    warp_pixels: float = 0.0  # largest displacement of the key's warp (0: no warp)
-    # Pixels within +-linear_range change at a cost that does not depend on their value
-    # (from_change_space); 0: tanh's pre-activation space.
-    linear_range: float = 0.0
 
     @nn.compact
     def __call__(self, latent: Latent, condition: jax.Array, inputs: jax.Array) -> jax.Array:
-        if self.recovery not in ("conditioned", "inverse"):
-            raise ValueError(f"recovery must be 'conditioned' or 'inverse', got {self.recovery!r}")
-        if self.recovery == "inverse" and not self.residual_output:
-            raise ValueError("recovery='inverse' subtracts a change: it needs residual_output")
-        if self.warp_pixels and self.recovery != "inverse":
-            raise ValueError("warp_pixels needs recovery='inverse' (recovery warps back)")
         direction, key = condition[:, :1], condition[:, 1:]
         if self.key_features:
             attributes = key[:, key.shape[-1] - self.num_attributes :]
@@ -122,31 +82,13 @@ class Decoder(nn.Module):
                 self.output_init_scale, "fan_in", "truncated_normal"
             ),
         )(h)
-        to_pixels = functools.partial(from_change_space, linear_range=self.linear_range)
-        base = to_change_space(_INPUT_SQUASH * inputs, self.linear_range)
         if self.recovery == "inverse":
             # The flag is ANONYMIZE (+0.5) or RECOVER (-0.5): add or subtract the change.
             forward = (jnp.sign(direction) > 0)[:, :, None, None]
-            if self.warp_pixels:
-                flow = self._flow(h, inputs.shape[1:3])
-                anonymized = warp(base, flow) + out
-                recovered = warp(base - out, -flow)
-                return to_pixels(jnp.where(forward, anonymized, recovered))
             out = jnp.where(forward, out, -out)
         if self.residual_output:
-            out = out + base
-        return to_pixels(out)
-
-    def _flow(self, h: jax.Array, size) -> jax.Array:
-        """A smooth (B, H, W, 2) field in pixels: drawn at 1/4 resolution, then upsampled."""
-        coarse = downsample(downsample(h))
-        coarse = nn.Conv(
-            2,
-            (3, 3),
-            kernel_init=nn.initializers.variance_scaling(0.1, "fan_in", "truncated_normal"),
-        )(coarse)
-        coarse = self.warp_pixels * jnp.tanh(coarse)
-        return jax.image.resize(coarse, (h.shape[0], *size, 2), "linear")
+            out = out + jnp.arctanh(_INPUT_SQUASH * inputs)
+        return jnp.tanh(out)
 
     def _fourier_key(self, key: jax.Array) -> jax.Array:
         """W is drawn at init and never trained (stop_gradient): a fixed key schedule."""

@@ -1,0 +1,74 @@
+"""Progress of the training loop: step rate, images per second, ETA, the headline losses.
+
+The first step of each compiled program (C's warm-up, then the full step) is timed
+apart, so compile time never counts in the step rate.
+"""
+
+import logging
+import time
+
+log = logging.getLogger("sdn_jax")
+
+# What the progress line shows, when the step reports it (C's warm-up has no g, d, ...).
+_HEADLINE = (
+    ("g", "loss/g_total"),
+    ("d", "loss/d_total"),
+    ("c", "loss/c_total"),
+    ("recovery", "loss/recovery"),
+    ("c_key_attr_acc", "loss/c_train_key_attribute_accuracy"),
+)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Call `program_starts(step)` before the first step of a newly compiled program,
+    `stepped(step)` after every step, and `rate(step)` at a log step."""
+
+    def __init__(self, num_steps: int, images_per_step: int):
+        self.num_steps, self.images_per_step = num_steps, images_per_step
+        self._last_time, self._last_step = time.perf_counter(), 0
+        self._start_time, self._compiled_at = self._last_time, None
+
+    def program_starts(self, step_before: int) -> None:
+        self._last_time = self._start_time = time.perf_counter()
+        self._last_step, self._compiled_at = step_before, None
+
+    @property
+    def compiling(self) -> bool:
+        """True until the current program's first step has finished."""
+        return self._compiled_at is None
+
+    def compiled(self, step: int, first_ever: bool) -> None:
+        """The current program's first step finished (the caller waited for it)."""
+        self._compiled_at = time.perf_counter()
+        log.info(
+            "First step%s (compile + run) took %.1f s",
+            "" if first_ever else " after the warm-up",
+            self._compiled_at - self._last_time,
+        )
+        self._last_time, self._last_step = self._compiled_at, step
+
+    def rate(self, step: int) -> float:
+        """Steps per second since the previous log step (compiling excluded)."""
+        now = time.perf_counter()
+        if step > self._last_step:
+            rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        else:  # The first step is a log step: only its own time is known.
+            rate = 1.0 / max(self._compiled_at - self._start_time, 1e-9)
+        self._last_time, self._last_step = now, step
+        return rate
+
+    def report(self, step: int, scalars: dict, rate: float, note: str = "") -> None:
+        eta = (self.num_steps - step) / max(rate, 1e-9)
+        losses = "  ".join(
+            f"{name} {scalars[key]:.3f}" for name, key in _HEADLINE if key in scalars
+        )
+        log.info(
+            "step %d/%d%s  %s  %.2f steps/s  %.0f img/s  ETA %s",
+            step, self.num_steps, note, losses, rate, rate * self.images_per_step,
+            format_seconds(eta),
+        )  # fmt: skip
