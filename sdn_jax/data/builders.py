@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from sdn_jax.data import attributes, synth_faces
+from sdn_jax.data import attributes, synth
 
 DATASET_NAMES = ("synth_faces", "celeba")
 _FILE_FORMAT = "array_record"
@@ -46,9 +46,9 @@ def synth_faces_config(
     num_test_identities: int = 200,
 ) -> SynthFacesConfig:
     """A config whose name is unique to its fields, so worlds never share a folder."""
-    if image_size not in synth_faces.IMAGE_SIZES:
+    if image_size not in synth.IMAGE_SIZES:
         raise ValueError(
-            f"synth_faces image_size must be one of {synth_faces.IMAGE_SIZES}, got {image_size}"
+            f"synth_faces image_size must be one of {synth.IMAGE_SIZES}, got {image_size}"
         )
     counts = dict(
         num_train_identities=num_train_identities,
@@ -84,7 +84,7 @@ class SynthFaces(tfds.core.GeneratorBasedBuilder):
         "1.0.0": "First release.",
         "1.1.0": "Bolder glasses (2px frames, tinted lenses) and darker mustaches.",
     }
-    BUILDER_CONFIGS = [synth_faces_config(size) for size in synth_faces.IMAGE_SIZES]
+    BUILDER_CONFIGS = [synth_faces_config(size) for size in synth.IMAGE_SIZES]
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
@@ -126,7 +126,7 @@ class SynthFaces(tfds.core.GeneratorBasedBuilder):
         chunk = 256
         for start in range(0, len(people), chunk):
             stop = start + chunk
-            images, attrs = synth_faces.render_faces(
+            images, attrs = synth.render_faces(
                 people[start:stop], photos[start:stop], c.image_size, seed=c.dataset_seed
             )
             for i, (image, attr) in enumerate(zip(images, attrs, strict=True)):

@@ -1,4 +1,4 @@
-"""Procedural cartoon faces with exact identity and attribute ground truth.
+"""Who the synthetic people are: seeded draws of identities, photos and their labels.
 
 A person is a seeded draw of continuous traits (face width, height and jaw, skin tone,
 eye spacing, size, height and colour, brows, nose, mouth, lips, ears, hair colour,
@@ -16,27 +16,17 @@ Rosy_Cheeks, Smiling, Straight_Hair, Wavy_Hair, Wearing_Earrings, Wearing_Hat,
 Wearing_Lipstick, Young. Always False: Attractive, Blurry, Double_Chin, Heavy_Makeup,
 High_Cheekbones, Oval_Face, Pointy_Nose, Sideburns, Wearing_Necklace, Wearing_Necktie.
 
-Rendering evaluates anti-aliased implicit shapes (coverage = clip(0.5 - d / pixel))
-on a whole batch at once, each shape only inside the batch's union bounding box.
-Pixels depend only on (seed, identity, photo): per-pixel work uses +, -, *, /, sqrt
-and floor (exactly rounded in IEEE arithmetic), so they do not depend on the batch,
-the machine or the SIMD path. Run `python -m sdn_jax.data.synth_faces --preview
-out.png` to look at a grid of people.
+Everything here is a pure function of (seed, identity, photo): counter-based uniform
+draws, handed out in a fixed order (render.py turns the draws into pixels).
 """
-
-import argparse
-from collections.abc import Sequence
 
 import numpy as np
 
 from sdn_jax.data import attributes as attr_lib
-from sdn_jax.data import face_painter
 
-IMAGE_SIZES = (32, 64, 128)
 _NUM_IDENTITY_DRAWS = 64
 _NUM_PHOTO_DRAWS = 48
-_NOISE_BANK_SEED = 20241122
-_NUM_NOISE_FIELDS = 97  # Photos pick one of these sensor-noise fields (and its strength).
+NUM_NOISE_FIELDS = 97  # Photos pick one of these sensor-noise fields (and its strength).
 _ATTR = attr_lib.ATTRIBUTE_INDEX
 
 # Colour palettes (linear RGB in [0, 1]).
@@ -113,7 +103,7 @@ def _float32_values(values: dict) -> dict:
     }
 
 
-def _draw_identities(identities: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+def draw_identities(identities: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """Identity traits, one entry per image: (N,) arrays (colours (N, 3))."""
     d = _Draws(uniform_draws(seed, 1, identities, width=_NUM_IDENTITY_DRAWS))
     t = {}
@@ -182,7 +172,7 @@ def _draw_identities(identities: np.ndarray, seed: int) -> dict[str, np.ndarray]
     return _float32_values(t)
 
 
-def _draw_photos(
+def draw_photos(
     identities: np.ndarray, photos: np.ndarray, seed: int, traits: dict
 ) -> dict[str, np.ndarray]:
     """Per-photo attributes and nuisances, one entry per image."""
@@ -219,23 +209,11 @@ def _draw_photos(
         [_lerp(0.55, 0.8, d()), _lerp(0.03, 0.12, d()), _lerp(0.1, 0.3, d())], 1
     )
     p["noise_sigma"] = _lerp(0.005, 0.025, d())
-    p["noise_field"] = np.minimum((d() * _NUM_NOISE_FIELDS).astype(np.int64), _NUM_NOISE_FIELDS - 1)
+    p["noise_field"] = np.minimum((d() * NUM_NOISE_FIELDS).astype(np.int64), NUM_NOISE_FIELDS - 1)
     return _float32_values(p)
 
 
-_NOISE_BANKS: dict[int, np.ndarray] = {}
-
-
-def _noise_bank(size: int) -> np.ndarray:
-    """Fixed Gaussian noise fields, (3, size, size, K); each photo adds one of them."""
-    if size not in _NOISE_BANKS:
-        rng = np.random.default_rng(_NOISE_BANK_SEED)
-        shape = (3, size, size, _NUM_NOISE_FIELDS)
-        _NOISE_BANKS[size] = rng.standard_normal(shape, dtype=np.float32)
-    return _NOISE_BANKS[size]
-
-
-def _labels(t: dict, p: dict) -> np.ndarray:
+def attribute_labels(t: dict, p: dict) -> np.ndarray:
     n = len(p["angle"])
     labels = np.zeros((n, attr_lib.NUM_ATTRIBUTES), bool)
     hair = ~t["bald"]
@@ -291,7 +269,8 @@ PHOTO_ATTRIBUTES = {
 POSE_KEYS = ("angle", "scale", "tx", "ty")  # radians, zoom, shift in image units [-1, 1]
 
 
-def _apply_overrides(photo: dict, traits: dict, overrides: dict, n: int) -> None:
+def apply_overrides(photo: dict, traits: dict, overrides: dict, n: int) -> None:
+    """Sets the overridden per-photo values of `photo` in place (see render_faces)."""
     for name, value in overrides.items():
         if name in PHOTO_ATTRIBUTES:
             photo[PHOTO_ATTRIBUTES[name]] = np.broadcast_to(np.asarray(value, bool), (n,)).copy()
@@ -306,82 +285,3 @@ def _apply_overrides(photo: dict, traits: dict, overrides: dict, n: int) -> None
     # not drawn, so it is not labelled either.
     photo["shadow"] &= ~photo["goatee"]
     photo["bangs"] &= ~traits["bald"]
-
-
-def render_faces(
-    identities: Sequence[int],
-    photos: Sequence[int],
-    image_size: int = 64,
-    seed: int = 0,
-    return_nuisance: bool = False,
-    overrides: dict | None = None,
-):
-    """Renders photo `photos[i]` of person `identities[i]` for every i.
-
-    Returns (images uint8 (N, S, S, 3), attributes bool (N, 40)) and, with
-    return_nuisance, a dict of the per-photo nuisance values (pose, lighting,
-    background, clothing) as (N, k) float arrays.
-
-    overrides: {name: scalar or (N,) value} replaces drawn per-photo attributes
-    (CelebA names in PHOTO_ATTRIBUTES) or pose values (POSE_KEYS) while everything
-    else stays as drawn: counterfactual photos with exact ground truth.
-    """
-    if image_size not in IMAGE_SIZES:
-        raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {image_size}")
-    identities = np.asarray(identities, np.int64).reshape(-1)
-    photos = np.asarray(photos, np.int64).reshape(-1)
-    if identities.shape != photos.shape:
-        raise ValueError(
-            f"identities and photos differ in length: {identities.shape} vs {photos.shape}"
-        )
-    if len(identities) and (identities.min() < 0 or photos.min() < 0):
-        raise ValueError("identity and photo indices must be non-negative")
-    traits = _draw_identities(identities, seed)
-    photo = _draw_photos(identities, photos, seed, traits)
-    _apply_overrides(photo, traits, overrides or {}, len(identities))
-    painted = face_painter.paint_faces(image_size, traits, photo)  # (3, S, S, N)
-    noise = np.take(_noise_bank(image_size), photo["noise_field"], axis=-1)
-    painted += photo["noise_sigma"] * noise
-    np.clip(painted, 0.0, 1.0, out=painted)
-    painted *= 255.0
-    painted += 0.5
-    images = np.ascontiguousarray(painted.astype(np.uint8).transpose(3, 1, 2, 0))
-    labels = _labels(traits, photo)
-    if not return_nuisance:
-        return images, labels
-    nuisance = {
-        "pose": np.stack([photo["angle"], photo["scale"], photo["tx"], photo["ty"]], 1),
-        "lighting": np.stack([photo["light_x"], photo["light_y"], photo["exposure"]], 1),
-        "background": np.concatenate([photo["bg0"], photo["bg1"], photo["bg_dir"]], 1),
-        "clothing": photo["cloth"],
-    }
-    return images, labels, nuisance
-
-
-def preview_grid(num_people=8, photos_per_person=8, image_size=64, seed=0, first_identity=0):
-    """An (rows*S, cols*S, 3) uint8 grid: a row per person, a column per photo."""
-    ids = np.repeat(np.arange(first_identity, first_identity + num_people), photos_per_person)
-    photos = np.tile(np.arange(photos_per_person), num_people)
-    images, _ = render_faces(ids, photos, image_size, seed)
-    s = image_size
-    grid = images.reshape(num_people, photos_per_person, s, s, 3)
-    return grid.transpose(0, 2, 1, 3, 4).reshape(num_people * s, photos_per_person * s, 3)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preview", required=True, help="PNG file to write the grid to")
-    parser.add_argument("--people", type=int, default=8)
-    parser.add_argument("--photos", type=int, default=8)
-    parser.add_argument("--image_size", type=int, default=64, choices=IMAGE_SIZES)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    from PIL import Image
-
-    grid = preview_grid(args.people, args.photos, args.image_size, args.seed)
-    Image.fromarray(grid).save(args.preview)
-    print(f"Wrote {args.people} people x {args.photos} photos to {args.preview}")
-
-
-if __name__ == "__main__":
-    main()
