@@ -176,3 +176,9 @@ def test_preview_writes_a_grid_of_people(tmp_path):
     rows = grid.reshape(3, 32, 4, 32, 3).transpose(0, 2, 1, 3, 4)
     expected, _ = synth.render_faces([1, 1, 1, 1], [0, 1, 2, 3], 32)
     np.testing.assert_array_equal(rows[1], expected)
+
+
+def test_the_documented_preview_command_still_runs_the_preview():
+    from sdn_jax.data import synth_faces  # python -m sdn_jax.data.synth_faces --preview ...
+
+    assert synth_faces.main is preview.main
