@@ -16,7 +16,7 @@ people in new photos: every probe trains on the first `train_photos` photos of e
 * background_pixels: logistic regression on the four image corners (8x8 at 64px), mostly
   background: the same leak check on what a model actually sees.
 
-Run: python -m sdn_jax.data.identity_probe --out probe.json
+Run from the repository root: python -m tools.identity_probe --out probe.json
 """
 
 import argparse
