@@ -24,7 +24,8 @@ from ml_collections import config_flags
 import sdn_jax.data
 from sdn_jax import inference
 from sdn_jax import settings as settings_lib
-from sdn_jax.data import builders, pipeline, synth_faces
+from sdn_jax.data import builders, pipeline
+from sdn_jax.data import synth as synth_faces
 from sdn_jax.settings import Settings
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).")

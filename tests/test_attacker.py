@@ -14,7 +14,7 @@ import pytest
 from configs import tiny
 from sdn_jax import augment
 from sdn_jax.data import attributes as attr_lib
-from sdn_jax.data import synth_faces
+from sdn_jax.data import synth as synth_faces
 from sdn_jax.evaluation import attacker as attacker_lib
 from sdn_jax.evaluation import attacker_training, metrics
 

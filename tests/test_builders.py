@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sdn_jax.data
-from sdn_jax.data import builders, prepare, synth_faces
+from sdn_jax.data import builders, prepare, synth
 
 TINY = dict(
     num_train_identities=3,
@@ -22,7 +22,7 @@ def _digest(image: np.ndarray) -> str:
 
 def _expected(people, photos):
     """What each (person, photo) renders to, keyed by image content."""
-    images, labels = synth_faces.render_faces(people, photos, 32)
+    images, labels = synth.render_faces(people, photos, 32)
     return {_digest(im): (p, ph, lab) for im, p, ph, lab in zip(images, people, photos, labels)}
 
 
@@ -75,7 +75,7 @@ def test_worlds_of_other_sizes_do_not_share_a_folder(tmp_path):
 
 def test_default_sizes_use_the_registered_configs(tmp_path):
     # TFDS refuses a new config object named like a registered one; get_builder must cope.
-    for size in synth_faces.IMAGE_SIZES:
+    for size in synth.IMAGE_SIZES:
         builder = builders.get_builder("synth_faces", size, tmp_path)
         assert builder.builder_config.image_size == size
         assert builder.builder_config.num_train_identities == 1000

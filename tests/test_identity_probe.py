@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from sdn_jax.data import identity_probe
+from tools import identity_probe
 
 
 def test_identity_probe_learns_faces_not_nuisances(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 from skimage import data as skimage_data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from sdn_jax.data import synth_faces
+from sdn_jax.data import synth as synth_faces
 from sdn_jax.evaluation import metrics
 
 TOLERANCE = 1e-4

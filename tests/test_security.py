@@ -16,7 +16,7 @@ from PIL import Image
 
 from configs import tiny
 from sdn_jax import inference, keys
-from sdn_jax.data import synth_faces
+from sdn_jax.data import synth as synth_faces
 from sdn_jax.evaluation import attacker as attacker_lib
 from sdn_jax.evaluation import attacker_training, security, security_plot
 

@@ -2,7 +2,7 @@
 
 import os
 
-# The synth_faces fields of config.data that define the dataset (builders.synth_faces_config).
+# The synth_faces fields of config.data that define the dataset (synth_builder.synth_faces_config).
 SYNTH_FACES_OPTIONS = (
     "dataset_seed",
     "num_train_identities",

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from sdn_jax.data import attributes, builders
+from sdn_jax.data import attributes, encoding
 
 IMAGE_SIZES = (64, 128)
 ATTR_FILE = "list_attr_celeba.txt"
@@ -318,12 +318,10 @@ class CelebaIdentity(tfds.core.GeneratorBasedBuilder):
             homepage="https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html",
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
+                    "image": encoding.image_feature(size),
                     "identity": tfds.features.Scalar(np.int32),
                     "identity_raw": tfds.features.Scalar(np.int32),
-                    "attributes": tfds.features.Tensor(
-                        shape=(attributes.NUM_ATTRIBUTES,), dtype=np.bool_
-                    ),
+                    "attributes": encoding.attributes_feature(),
                     "landmarks": tfds.features.Tensor(shape=(len(LANDMARK_NAMES),), dtype=np.int32),
                     "file_name": tfds.features.Text(),
                 }
@@ -353,7 +351,7 @@ class CelebaIdentity(tfds.core.GeneratorBasedBuilder):
                 yield (
                     name,
                     {
-                        "image": builders.encode_png(preprocess(image, size)),
+                        "image": encoding.encode_png(preprocess(image, size)),
                         "identity": np.int32(label),
                         "identity_raw": np.int32(release.identity_raw[row]),
                         "attributes": release.attributes[row],
@@ -368,5 +366,5 @@ def get_builder(image_size: int, data_dir: str | os.PathLike) -> CelebaIdentity:
     if image_size not in IMAGE_SIZES:
         raise ValueError(f"celeba image_size must be one of {IMAGE_SIZES}, got {image_size}")
     return CelebaIdentity(
-        config=f"{image_size}px", data_dir=os.fspath(data_dir), file_format="array_record"
+        config=f"{image_size}px", data_dir=os.fspath(data_dir), file_format=encoding.FILE_FORMAT
     )

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from sdn_jax.data.canvas import Canvas, ellipse, f32, planar, triangle_wave
+from sdn_jax.data.synth.canvas import Canvas, ellipse, f32, planar, triangle_wave
 
 _WHITE = np.array([0.97, 0.97, 0.95], np.float32)
 _TEETH = np.array([0.95, 0.95, 0.9], np.float32)

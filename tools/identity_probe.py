@@ -16,7 +16,7 @@ people in new photos: every probe trains on the first `train_photos` photos of e
 * background_pixels: logistic regression on the four image corners (8x8 at 64px), mostly
   background: the same leak check on what a model actually sees.
 
-Run: python -m sdn_jax.data.identity_probe --out probe.json
+Run from the repository root: python -m tools.identity_probe --out probe.json
 """
 
 import argparse
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sdn_jax.data import synth_faces
+from sdn_jax.data import synth
 
 NUISANCE_KEYS = ("pose", "lighting", "background", "clothing")
 CORNER_FRACTION = 8  # background_pixels sees corners of side image_size / 8 (8x8 at 64px).
@@ -45,9 +45,7 @@ def make_split(people: int, train_photos: int, test_photos: int, image_size: int
     per_person = train_photos + test_photos
     ids = np.repeat(np.arange(people), per_person)
     photos = np.tile(np.arange(per_person), people)
-    images, _, nuisance = synth_faces.render_faces(
-        ids, photos, image_size, seed, return_nuisance=True
-    )
+    images, _, nuisance = synth.render_faces(ids, photos, image_size, seed, return_nuisance=True)
     nuisance = np.concatenate([nuisance[k] for k in NUISANCE_KEYS], 1).astype(np.float32)
     is_train = photos < train_photos
 
@@ -240,7 +238,7 @@ def main(argv=None):
     parser.add_argument("--people", type=int, default=100)
     parser.add_argument("--train_photos", type=int, default=16)
     parser.add_argument("--test_photos", type=int, default=8)
-    parser.add_argument("--image_size", type=int, default=64, choices=synth_faces.IMAGE_SIZES)
+    parser.add_argument("--image_size", type=int, default=64, choices=synth.IMAGE_SIZES)
     parser.add_argument("--steps", type=int, default=1000, help="tiny_cnn training steps")
     parser.add_argument("--linear_steps", type=int, default=300, help="logistic regression steps")
     parser.add_argument("--seed", type=int, default=0, help="renderer and probe seed")
