@@ -283,7 +283,10 @@ def main(argv: list[str]) -> None:
     unknown = [name for name in argv[1:] if name not in SECTIONS]
     if unknown:
         raise app.UsageError(f"Unknown sections {unknown}; choose from {list(SECTIONS)}")
-    results = run(config, argv[1:], options)
+    try:
+        results = run(config, argv[1:], options)
+    except settings_lib.SettingsError as error:
+        raise app.UsageError(str(error)) from None
     print(format_table(results))
     if _OUT.value:
         os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)

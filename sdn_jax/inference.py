@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from sdn_jax import keys
+from sdn_jax import config_upgrade
 from sdn_jax import settings as settings_lib
 from sdn_jax import state as state_lib
 from sdn_jax.models import sdn
@@ -151,7 +152,7 @@ class Model:
 
 def read_config(path: str | os.PathLike) -> RunConfig:
     """What inference needs of a run's config.json (as train.py writes it; an older
-    run's is upgraded, settings_lib.upgrade)."""
+    run's is upgraded, config_upgrade.upgrade)."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
@@ -162,7 +163,7 @@ def read_config(path: str | os.PathLike) -> RunConfig:
     if not isinstance(raw, dict) or not all(isinstance(raw.get(k), dict) for k in _NEEDED):
         raise LoadError(f"{path} lacks a {'/'.join(_NEEDED)} section: not the config of an SDN run")
     try:
-        config = settings_lib.upgrade({k: raw[k] for k in _NEEDED})
+        config = config_upgrade.upgrade({k: raw[k] for k in _NEEDED})
         data = settings_lib.section(settings_lib.Data, config["data"], "data")
         model = settings_lib.section(settings_lib.Model, config["model"], "model")
         ema = settings_lib.section(settings_lib.Train, config["train"], "train").ema_decay > 0

@@ -4,8 +4,7 @@
 ConfigDict into frozen dataclasses, and every field must be there. Unknown or missing
 fields and bad values are a `SettingsError` naming the field, raised before anything
 runs, so jitted code receives plain, valid values and never checks them itself.
-`upgrade(raw)` brings an older run's config.json up to date (the settings it predates
-get the values it ran with) so its checkpoints still load.
+An older run's config.json is brought up to date by `config_upgrade.upgrade` first.
 """
 
 import dataclasses
@@ -347,64 +346,3 @@ def section(cls, config, name: str):
     """One section (e.g. `section(Model, config.model, "model")`), for tools that need
     only part of a run's settings (the file commands read data and model)."""
     return _convert(config, cls, name)
-
-
-# Fields an older run's config.json may lack: the value it ran with (its code's default).
-_LEGACY_VALUES = {
-    "model": {
-        "recovery": "conditioned",
-        "key_features": 0,
-        "key_frequency": 3.0,
-        "classifier_embedding_head": "pooled",
-    },
-    "data": {"photos_per_person_in_batch": 1, "in_memory_mb": 0.0},
-    "train": {"generator_batch_size": None, "classifier_warmup_steps": 0, "ema_decay": 0.0},
-    "loss": {"critic_recolour": 0.0, "classifier_recolour": 0.0},
-}
-
-# Settings of experiments that were not adopted, removed with their code; an older run
-# that used one at anything but its neutral value cannot be reproduced by this version
-# (docs/experiments.md has their results; git history has their code).
-RETIRED = {
-    "model": {"warp_pixels": 0.0, "linear_range": 0.0},
-    "loss": {
-        "critic_shift": 0,
-        "critic_flip": 0.0,
-        "identity_damaged": 0.0,
-        "classifier_damage": 0.0,
-        "identity_target": "photo",
-        "identity_power": 1.0,
-        "keep_wrong": 0.0,
-        "wrong_attributes": 0.0,
-        "identity_removal": 0.0,
-        "recovered_identity": 0.0,
-        "classifier_identity": 0.0,
-    },
-}
-
-
-def upgrade(raw: Mapping) -> dict:
-    """An older run's config (a dict from its config.json) in this version's fields.
-
-    Fields it predates get the values it ran with; retired experiment settings at their
-    neutral value are dropped; one at another value is a SettingsError naming it.
-    """
-    if not isinstance(raw, Mapping):
-        raise SettingsError(f"a run's config must be a JSON object, got {type(raw).__name__}")
-    config = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
-    for name, fields in RETIRED.items():
-        block = config.get(name)
-        if not isinstance(block, dict):
-            continue
-        for field, neutral in fields.items():
-            if field in block and block.pop(field) != neutral:
-                raise SettingsError(
-                    f"{name}.{field} is a retired experiment setting (set in this run to "
-                    f"{raw[name][field]!r}); this version of sdn-jax cannot reproduce it"
-                )
-    for name, fields in _LEGACY_VALUES.items():
-        block = config.get(name)
-        if isinstance(block, dict):
-            for field, value in fields.items():
-                block.setdefault(field, value)
-    return config
