@@ -75,6 +75,15 @@ def _setup_logging() -> None:
     ours.propagate = False
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `sdn-train` console script: the same as `python -m sdn_jax.main` (exits)."""
+    # absl's --help lists the flags of the main module, which for a console script is the
+    # script itself: show this module's flags there too (a no-op under `python -m`).
+    for flag in flags.FLAGS.get_key_flags_for_module(__name__):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     _setup_logging()
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()
