@@ -181,7 +181,7 @@ def test_round_trip_through_files_matches_the_model(anonymized, recovered, photo
     originals = _fitted_originals(photos, _manifest(out))
     names = list(originals)
     x = image_files.to_unit_range(np.stack([originals[n] for n in names]))
-    key = inference.make_key(PASSPHRASE, CHOICES, model.config)
+    key = inference.make_key(PASSPHRASE, CHOICES, model.model_settings)
 
     anonymized_files = np.stack([_pixels(out / n) for n in names])
     expected = to_uint8(model.anonymize(x, key))

@@ -1,6 +1,7 @@
 """The independent attacker: its losses, colour augmentation, training, cache and API."""
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -10,36 +11,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_model import tiny_config
 
-from configs import tiny
 from sdn_jax import augment
+from sdn_jax import settings as settings_lib
 from sdn_jax.data import attributes as attr_lib
 from sdn_jax.data import synth as synth_faces
 from sdn_jax.evaluation import attacker as attacker_lib
 from sdn_jax.evaluation import attacker_training, metrics
 
 
-def tiny_settings(**overrides):
-    """Small networks at 32 px: seconds of training on 2 CPU cores."""
-    settings = attacker_lib.default_settings()
-    settings.update(
-        dict(
-            input_size=32,
-            widths=(16, 32, 64),
-            num_steps=150,
-            people_per_batch=8,
-            photos_per_person=4,
-            attribute_input_size=32,
-            attribute_widths=(16, 32, 64),
-            attribute_steps=150,
-            attribute_batch_size=32,
-            calibration_people=4,
-            log_every_steps=50,
-            batch_size=64,
-        )
-    )
-    settings.update(overrides)
-    return settings
+SMALL = dict(
+    input_size=32,
+    widths=(16, 32, 64),
+    num_steps=150,
+    people_per_batch=8,
+    photos_per_person=4,
+    attribute_input_size=32,
+    attribute_widths=(16, 32, 64),
+    attribute_steps=150,
+    attribute_batch_size=32,
+    calibration_people=4,
+    log_every_steps=50,
+    batch_size=64,
+)
+
+
+def tiny_settings(**overrides) -> settings_lib.Attacker:
+    """Small networks at 32 px: seconds of training on 2 CPU cores (the config's
+    eval.attacker section with these fields changed)."""
+    config = tiny_config(**{f"eval.attacker.{k}": v for k, v in {**SMALL, **overrides}.items()})
+    return settings_lib.from_config(config).eval.attacker
 
 
 def test_prototype_cosface_loss_on_hand_made_embeddings():
@@ -126,7 +128,7 @@ def test_calibrate_fixes_both_thresholds_and_a_gallery_verifies_more(tiny_attack
     identities = np.repeat(np.arange(40), 8)
     embeddings = centres[identities] + 1.2 * rng.normal(size=(320, 16))
     attacker = copy.copy(tiny_attacker[0])
-    attacker.settings = tiny_settings(gallery_photos=3, far=0.02)
+    attacker.settings = dataclasses.replace(attacker.settings, gallery_photos=3, far=0.02)
     attacker.embed = lambda images: embeddings  # the calibration works on embeddings only
     rates = attacker.calibrate(np.zeros((320, 1, 1, 3)), identities)
     positives, negatives = metrics.gallery_verification_pairs(embeddings, identities, 3)
@@ -163,27 +165,67 @@ def test_embed_does_not_depend_on_the_batch(tiny_attacker):
         attacker.embed(x[0])
 
 
+def _run_settings(data_dir, **attacker_changes) -> settings_lib.Settings:
+    """The tiny run's settings, its data in the session's prepared folder and a small,
+    briefly trained attacker."""
+    small = dict(num_steps=20, attribute_steps=10, photos_per_person=3) | attacker_changes
+    changes = {f"eval.attacker.{k}": v for k, v in {**SMALL, **small}.items()}
+    return settings_lib.from_config(tiny_config(**{"data.data_dir": str(data_dir), **changes}))
+
+
 @pytest.fixture(scope="module")
-def tiny_workdir(tmp_path_factory):
-    """configs/tiny.py with its synthetic data prepared under a temporary folder."""
-    base = tmp_path_factory.mktemp("attacker_cache")
-    config = tiny.get_config()
-    config.data.data_dir = str(base / "tfds")
-    config.eval.attacker = tiny_settings(num_steps=20, attribute_steps=10, photos_per_person=3)
-    return config, str(base / "run")
+def run_settings(tiny_data_dir) -> settings_lib.Settings:
+    return _run_settings(tiny_data_dir)
 
 
-def test_get_attacker_trains_once_then_loads_from_the_cache(tiny_workdir, caplog):
-    config, workdir = tiny_workdir
-    caplog.set_level(logging.INFO, logger="sdn_jax")
-    first = attacker_lib.get_attacker(config, workdir)
-    cache = os.path.join(workdir, "eval", "attacker")
+@pytest.fixture(scope="module")
+def trained_cache(run_settings, tmp_path_factory):
+    """A workdir where get_attacker trained the attacker (into a fresh workdir, so always
+    by training), and what it logged. Read only: tests copy the cache into their own
+    workdir (`workdir_with_cache`)."""
+    workdir = tmp_path_factory.mktemp("attacker_cache") / "run"
+    handler = _ListHandler()
+    logger = logging.getLogger("sdn_jax")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        attacker = attacker_lib.get_attacker(run_settings, str(workdir))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return workdir, attacker, "\n".join(handler.messages)
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def workdir_with_cache(trained_cache, tmp_path) -> str:
+    """A workdir of this test's own holding a copy of the trained attacker's cache."""
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_cache[0] / "eval" / "attacker", workdir / "eval" / "attacker")
+    return str(workdir)
+
+
+def test_get_attacker_trains_once_then_loads_from_the_cache(
+    trained_cache, run_settings, workdir_with_cache, caplog
+):
+    trained_in, first, log_text = trained_cache
+    assert "Training the attacker" in log_text and "Loaded the attacker" not in log_text
+    cache = os.path.join(workdir_with_cache, "eval", "attacker")
     assert sorted(os.listdir(cache)) == ["attacker.json", "params.msgpack"]
-    assert "Training the attacker" in caplog.text
-    caplog.clear()
-    second = attacker_lib.get_attacker(config, workdir)
+    caplog.set_level(logging.INFO, logger="sdn_jax")
+    second = attacker_lib.get_attacker(run_settings, workdir_with_cache)
     assert "Training the attacker" not in caplog.text and "Loaded the attacker" in caplog.text
     assert second.threshold == first.threshold
+    assert second.one_photo_threshold == first.one_photo_threshold
     x = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
     np.testing.assert_array_equal(second.embed(x), first.embed(x))
     np.testing.assert_array_equal(second.attributes(x), first.attributes(x))
@@ -201,60 +243,70 @@ def truncate_info(cache):
     open(path, "w").write(open(path).read()[:20])
 
 
-def cache_fingerprint(config):
-    return attacker_lib.cache_fingerprint(config, attacker_lib.settings_from_config(config))
+def _load(cache, settings):
+    attacker = attacker_lib.resolved_settings(settings)
+    fingerprint = attacker_lib.cache_fingerprint(settings, attacker)
+    return attacker_lib._load(str(cache), attacker, fingerprint)
 
 
 @pytest.mark.parametrize(
     "damage,reason",
     [(corrupt_params, "does not match the hash"), (truncate_info, "unreadable")],
 )
-def test_a_damaged_cache_is_refused(tiny_workdir, tmp_path, damage, reason):
-    config, workdir = tiny_workdir
-    attacker_lib.get_attacker(config, workdir)
-    cache = tmp_path / "attacker"
-    shutil.copytree(os.path.join(workdir, "eval", "attacker"), cache)
-    settings = attacker_lib.settings_from_config(config)
-    attacker_lib._load(str(cache), settings, cache_fingerprint(config))  # sound before
-    damage(str(cache))
+def test_a_damaged_cache_is_refused(run_settings, workdir_with_cache, damage, reason):
+    cache = os.path.join(workdir_with_cache, "eval", "attacker")
+    _load(cache, run_settings)  # sound before
+    damage(cache)
     with pytest.raises(attacker_lib.CorruptCacheError, match=reason):
-        attacker_lib._load(str(cache), settings, cache_fingerprint(config))
+        _load(cache, run_settings)
 
 
-def test_other_settings_or_data_are_not_served_from_the_cache(tiny_workdir):
-    config, workdir = tiny_workdir
-    attacker_lib.get_attacker(config, workdir)
-    cache = os.path.join(workdir, "eval", "attacker")
-    other_settings = config.copy_and_resolve_references()
-    other_settings.eval.attacker.margin = 0.3
-    other_data = config.copy_and_resolve_references()
-    other_data.data.dataset_seed = 1
-    other_keys = config.copy_and_resolve_references()
-    other_keys.model.key_attributes = ("Smiling",)
-    for changed in (other_settings, other_data, other_keys):
-        settings = attacker_lib.settings_from_config(changed)
+def test_other_settings_or_data_are_not_served_from_the_cache(
+    run_settings, workdir_with_cache, tiny_data_dir
+):
+    cache = os.path.join(workdir_with_cache, "eval", "attacker")
+    _load(cache, run_settings)  # sound for its own settings
+    other_attacker = _run_settings(tiny_data_dir, margin=0.3)
+    other_data = dataclasses.replace(
+        run_settings, data=dataclasses.replace(run_settings.data, dataset_seed=1)
+    )
+    other_keys = dataclasses.replace(
+        run_settings, model=dataclasses.replace(run_settings.model, key_attributes=("Smiling",))
+    )
+    for changed in (other_attacker, other_data, other_keys):
         with pytest.raises(attacker_lib.CorruptCacheError, match="trained with other"):
-            attacker_lib._load(cache, settings, cache_fingerprint(changed))
+            _load(cache, changed)
 
 
-def test_get_attacker_retrains_over_a_damaged_cache_with_a_warning(tiny_workdir, caplog):
-    config, workdir = tiny_workdir
-    attacker_lib.get_attacker(config, workdir)
-    cache = os.path.join(workdir, "eval", "attacker")
+def test_get_attacker_retrains_over_a_damaged_cache_with_a_warning(
+    run_settings, workdir_with_cache, caplog
+):
+    cache = os.path.join(workdir_with_cache, "eval", "attacker")
     corrupt_params(cache)
     caplog.set_level(logging.INFO, logger="sdn_jax")
-    attacker = attacker_lib.get_attacker(config, workdir)
+    attacker = attacker_lib.get_attacker(run_settings, workdir_with_cache)
     assert "Not using the cached attacker" in caplog.text and "Training the attacker" in caplog.text
     # The cache was replaced by a sound one.
     with open(os.path.join(cache, "attacker.json")) as f:
         assert json.load(f)["threshold"] == attacker.threshold
     caplog.clear()
-    attacker_lib.get_attacker(config, workdir)
+    attacker_lib.get_attacker(run_settings, workdir_with_cache)
     assert "Loaded the attacker" in caplog.text
 
 
-def test_settings_from_config_rejects_unknown_fields():
-    config = tiny.get_config()
-    config.eval.attacker = {"no_such_field": 1}
-    with pytest.raises(ValueError, match="no_such_field"):
-        attacker_lib.settings_from_config(config)
+def test_resolved_settings_fill_the_attribute_input_size():
+    """None: the data's resolution; a size given is kept."""
+    config = tiny_config(**{"eval.attacker.attribute_input_size": None})
+    settings = settings_lib.from_config(config)
+    assert settings.eval.attacker.attribute_input_size is None
+    assert attacker_lib.resolved_settings(settings).attribute_input_size == 32
+    sized = settings_lib.from_config(tiny_config(**{"eval.attacker.attribute_input_size": 16}))
+    assert attacker_lib.resolved_settings(sized).attribute_input_size == 16
+
+
+def test_unknown_attacker_fields_are_refused():
+    config = tiny_config()
+    with config.unlocked():
+        config.eval.attacker.no_such_field = 1
+    with pytest.raises(settings_lib.SettingsError, match=r"eval.attacker.no_such_field"):
+        settings_lib.from_config(config)

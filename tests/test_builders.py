@@ -1,9 +1,11 @@
 """TFDS builders and `load_source` / `prepare` for the synthetic set (CelebA: test_celeba)."""
 
+import dataclasses
 import hashlib
 
 import numpy as np
 import pytest
+from tiny_model import tiny_settings
 
 import sdn_jax.data
 from sdn_jax.data import builders, prepare, synth
@@ -93,12 +95,10 @@ def test_bad_dataset_arguments(tmp_path):
 
 
 def test_dataset_options_and_default_data_dir(monkeypatch, tmp_path):
-    import ml_collections
-
-    data = ml_collections.ConfigDict(dict(name="synth_faces", **TINY, dataset_seed=5))
+    data = dataclasses.replace(tiny_settings().data, **TINY, dataset_seed=5)
+    assert data.name == "synth_faces"
     assert sdn_jax.data.dataset_options(data) == {**TINY, "dataset_seed": 5}
-    data.name = "celeba"
-    assert sdn_jax.data.dataset_options(data) == {}
+    assert sdn_jax.data.dataset_options(dataclasses.replace(data, name="celeba")) == {}
     monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
     workdir = tmp_path / "runs" / "default"
     assert sdn_jax.data.default_data_dir(workdir) == str(tmp_path / "runs" / "tensorflow_datasets")

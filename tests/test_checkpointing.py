@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -290,33 +291,79 @@ print("OK", pid)
 """
 
 
-def test_two_processes_keep_their_own_data_states(tmp_path):
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def _run_two_processes(script: str, folder: Path, ports=None, attempts: int = 3):
+    """[(exit code, output)] of processes 0 and 1 of `script`, given a coordinator port.
+
+    A port is free when chosen (`_free_port`, unless `ports` are given), but something
+    else may take it before process 0's coordinator binds it (a free port can only be
+    named, not handed over): then process 0 fails at once ("Failed to add port"),
+    process 1 is stopped, and the pair runs again on another port. Any other failure is
+    returned as it is.
+    """
+    ports = iter(ports or ())
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     env.pop("XLA_FLAGS", None)  # One CPU device per process.
-    script = textwrap.dedent(_MULTIPROCESS_SCRIPT)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, str(port), str(pid), str(tmp_path / "ckpt")],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for pid in range(2)
-    ]
-    outputs = []
-    for proc in procs:
-        try:
-            outputs.append(proc.communicate(timeout=120)[0])
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise
-    for pid, (proc, out) in enumerate(zip(procs, outputs)):
-        assert proc.returncode == 0 and f"OK {pid}" in out, out[-3000:]
+    for attempt in range(attempts):
+        port, run = next(ports, None) or _free_port(), folder / f"attempt{attempt}"
+        run.mkdir(parents=True)
+        logs = [run / f"process{pid}.log" for pid in range(2)]
+        procs = []
+        for pid, log in enumerate(logs):
+            with open(log, "w") as out:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-c", script, str(port), str(pid), str(run / "ckpt")],
+                    env=env, stdout=out, stderr=subprocess.STDOUT,
+                ))  # fmt: skip
+        deadline = time.monotonic() + 120
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if procs[0].poll() not in (None, 0):
+                break  # the coordinator is gone: process 1 would wait for it
+            time.sleep(0.05)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        outputs = [log.read_text() for log in logs]
+        if "Failed to add port" not in outputs[0] or attempt == attempts - 1:
+            return [(proc.returncode, out) for proc, out in zip(procs, outputs)]
+    raise AssertionError("unreachable")
+
+
+def test_two_processes_keep_their_own_data_states(tmp_path):
+    results = _run_two_processes(textwrap.dedent(_MULTIPROCESS_SCRIPT), tmp_path)
+    for pid, (code, out) in enumerate(results):
+        assert code == 0 and f"OK {pid}" in out, out[-3000:]
+
+
+def test_a_taken_coordinator_port_is_retried(tmp_path):
+    """The first port given is held by another listener: that pair fails to start and
+    the pair runs again on a free port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        script = textwrap.dedent(_COORDINATOR_ONLY_SCRIPT)
+        results = _run_two_processes(script, tmp_path, ports=[taken.getsockname()[1]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attempt0", "attempt1"]
+    assert "Failed to add port" in (tmp_path / "attempt0" / "process0.log").read_text()
+    for pid, (code, out) in enumerate(results):
+        assert code == 0 and f"OK {pid}" in out, out[-3000:]
+
+
+# Only the start-up of two JAX processes.
+_COORDINATOR_ONLY_SCRIPT = """
+import sys
+import jax
+port, pid = sys.argv[1], int(sys.argv[2])
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+jax.distributed.shutdown()
+print("OK", pid)
+"""
 
 
 def test_a_relative_directory_works(tmp_path, monkeypatch):

@@ -3,13 +3,14 @@ the whole report on a tiny trained run with a small attacker."""
 
 import json
 import logging
+import shutil
 
-import ml_collections
 import numpy as np
 import pytest
+from tiny_model import tiny_config, tiny_settings
 
-from configs import tiny
 from sdn_jax import keys
+from sdn_jax import settings as settings_lib
 from sdn_jax.evaluation import evaluate, report_markdown
 
 
@@ -61,14 +62,15 @@ def test_spread_over_people_takes_each_persons_first_probe_first():
 
 
 def test_face_keys_wrong_keys_differ_as_stated():
-    config = tiny.get_config()
-    key = evaluate.face_keys(50, config)
-    assert key["password"].shape == (50, config.model.password_bits)
+    model = tiny_settings().model
+    key = evaluate.face_keys(50, model)
+    assert key["password"].shape == (50, model.password_bits) == (50, 16)
+    assert key["attributes"].shape == key["wrong_attributes"].shape == (50, 2)
     assert (np.abs(key["wrong_password"] - key["password"]).sum(1) > 0).all()
     flipped = (key["wrong_attributes"] != key["attributes"]).sum(1)
     assert (flipped == 1).all()
     assert (np.abs(key["password2"] - key["password"]).sum(1) > 0).mean() > 0.9
-    again = evaluate.face_keys(50, config)
+    again = evaluate.face_keys(50, model)
     np.testing.assert_array_equal(again["password"], key["password"])  # fixed keys
     assert set(np.unique(key["password"])) <= {keys.ANONYMIZE, keys.RECOVER}
 
@@ -125,7 +127,10 @@ def test_report_markdown_shows_every_output_and_the_paper_beside_ours():
     assert "Evaluation at step 7" in text and "0.420" in text
     assert "| original | recognised | 0.950 | 0.875 |" in text  # gallery, then one photo
     assert "pass 0.0125 of pairs" in text  # the threshold's false accepts on this split
-    json.dumps(_fake_report())  # the report is plain JSON
+    # Anonymized faces' figures, and chance for the edge-map attack: 1 / 10 faces.
+    assert "0.7000" not in text and "requested key attributes shown" in text
+    assert "chance 0.1000): 0.050" in text
+    assert "## Known people" not in text and "## Security" not in text
 
 
 def test_targets_table_says_which_bars_are_met():
@@ -145,33 +150,88 @@ def test_targets_table_says_which_bars_are_met():
     )
 
 
-def test_evaluate_run_writes_the_report_on_a_tiny_run(trained_run, tmp_path, caplog):
-    import shutil
+# A small attacker and report on the session's tiny run (its data in the session's folder).
+SMALL_EVALUATION = {
+    "eval.attacker.calibration_people": 4,
+    "eval.attacker.num_steps": 30,
+    "eval.attacker.attribute_steps": 20,
+    "eval.attacker.people_per_batch": 4,
+    "eval.attacker.photos_per_person": 2,
+    "eval.attacker.input_size": 32,
+    "eval.attacker.attribute_input_size": 32,
+    "eval.attacker.log_every_steps": 10,
+    "eval.attacker.batch_size": 32,
+    "eval.report.max_people": 4,
+    "eval.report.probes_per_person": 2,
+    "eval.report.validation_people": 3,
+    "eval.security.num_faces": 4,
+    "eval.security.num_random_keys": 8,
+    "eval.security.random_attack_faces": 2,
+    "eval.security.keys_per_call": 8,
+    "eval.security.kdf_repeats": 1,
+}
 
-    from sdn_jax import inference
 
-    run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
-    config = ml_collections.ConfigDict(inference.read_config(run / "config.json").to_dict())
-    config.eval.attacker = dict(
-        calibration_people=4, num_steps=30, attribute_steps=20, people_per_batch=4,
-        photos_per_person=2, input_size=32, attribute_input_size=32, log_every_steps=10,
-        batch_size=32,
-    )  # fmt: skip
-    config.eval.report = dict(max_people=4, probes_per_person=2, validation_people=3)
-    config.eval.security = dict(num_faces=4, num_random_keys=8, random_attack_faces=2)
+def _evaluation_settings(data_dir, security: bool) -> settings_lib.Settings:
+    return settings_lib.from_config(
+        tiny_config(
+            **SMALL_EVALUATION,
+            **{"data.data_dir": str(data_dir), "eval.report.security": security},
+        )
+    )
+
+
+def _evaluate(settings, workdir, caplog) -> tuple[dict, str]:
+    """evaluate_run and what it logged."""
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="sdn_jax"):
-        report = evaluate.evaluate_run(config, str(run))
+        report = evaluate.evaluate_run(settings, str(workdir))
+    return report, caplog.text
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(trained_run, tiny_data_dir, tmp_path_factory):
+    """A copy of the tiny run evaluated by evaluate_run without the security study:
+    (workdir, the returned report, the log). Read only: tests that evaluate again copy it."""
+    run = tmp_path_factory.mktemp("evaluated") / "run"
+    shutil.copytree(trained_run, run)
+    handler = _ListHandler()
+    logger = logging.getLogger("sdn_jax")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        report = evaluate.evaluate_run(_evaluation_settings(tiny_data_dir, False), str(run))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return run, report, "\n".join(handler.messages)
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.slow
+def test_evaluate_run_writes_the_report_on_a_tiny_run(evaluated_run):
+    run, report, log_text = evaluated_run
     # Progress of every long part reaches the sdn_jax logger (main.py prints it).
-    progress = ("Training the attacker", "SDN outputs for", "security: best of", "Evaluation took")
-    for text in progress:
-        assert text in caplog.text, text
+    for text in ("Training the attacker", "SDN outputs for", "Evaluation took"):
+        assert text in log_text, text
+    # report.json is the report evaluate_run returned, as JSON.
     saved = json.loads((run / "eval" / "report.json").read_text())
-    assert saved["step"] == report["step"] == config.train.num_steps
-    assert saved["num_images"] == 8 and saved["num_people"] == 4 and saved["split"] == "test"
+    assert saved == json.loads(json.dumps(report))
+    assert saved["step"] == 6 and saved["split"] == "test"
+    assert saved["num_images"] == 8 and saved["num_people"] == 4
     for name in ("original", *evaluate.OUTPUTS):
         assert 0.0 <= saved[name]["identity_match_rate"] <= 1.0
         assert 0.0 <= saved[name]["identity_match_rate_one_photo"] <= 1.0
+        assert 0.0 <= saved[name]["fraction_failing"] <= 1.0
     # Galleries of the attacker's 4 photos on the test split; the validation split holds 2
     # photos of each person: 1 gallery photo and 1 probe.
     assert saved["attacker"]["gallery_photos"] == 4 and saved["reference_photos_per_person"] == 4
@@ -180,12 +240,50 @@ def test_evaluate_run_writes_the_report_on_a_tiny_run(trained_run, tmp_path, cap
     for name in evaluate.OUTPUTS:
         assert np.isfinite(saved[name]["psnr"]) and -1.0 <= saved[name]["ssim"] <= 1.0
     assert 0.0 <= saved["anonymized"]["attribute_accuracy"] <= 1.0
+    assert list(saved["anonymized"]["attribute_accuracy_per_attribute"]) == [
+        "Smiling", "Eyeglasses",
+    ]  # fmt: skip
     assert saved["validation"]["num_people"] == 3 and saved["validation"]["num_images"] >= 3
-    assert saved["security"]["key_space_bits"] == config.model.password_bits + 2
+    assert "security" not in saved and not (run / "eval" / "security.png").exists()
+    # report.md is report_markdown of that report, and shows its figures.
     markdown = (run / "eval" / "report.md").read_text()
-    assert f"Evaluation at step {saved['step']}" in markdown and "## Security" in markdown
+    assert markdown == report_markdown.report_markdown(saved) + "\n"
+    assert f"Evaluation at step {saved['step']}" in markdown and "## Security" not in markdown
+    recognised = saved["original"]["identity_match_rate"]
+    assert f"| original | recognised | {recognised:.3f} |" in markdown
+    assert "## Known people (validation split, " in markdown
+
+
+@pytest.mark.slow
+def test_a_second_evaluation_loads_the_cached_attacker(evaluated_run, tiny_data_dir, tmp_path, caplog):
+    source, first, _ = evaluated_run
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    cached = (run / "eval" / "attacker" / "params.msgpack").read_bytes()
+    report, log_text = _evaluate(_evaluation_settings(tiny_data_dir, False), run, caplog)
+    assert "Loaded the attacker" in log_text and "Training the attacker" not in log_text
+    assert (run / "eval" / "attacker" / "params.msgpack").read_bytes() == cached
+    # The same attacker, weights and faces with their fixed keys: the same figures.
+    for name in ("original", *evaluate.OUTPUTS):
+        assert report[name]["identity_match_rate"] == first[name]["identity_match_rate"]
+        assert report[name]["psnr" if name != "original" else "fraction_failing"] == (
+            first[name]["psnr" if name != "original" else "fraction_failing"]
+        )
+    assert report["attacker"]["threshold"] == first["attacker"]["threshold"]
+
+
+@pytest.mark.slow
+def test_evaluate_run_with_the_security_study(evaluated_run, tiny_data_dir, tmp_path, caplog):
+    source, _, _ = evaluated_run
+    run = tmp_path / "run"
+    shutil.copytree(source, run)  # with the cached attacker
+    settings = _evaluation_settings(tiny_data_dir, True)
+    report, log_text = _evaluate(settings, run, caplog)
+    assert "security: best of" in log_text
+    saved = json.loads((run / "eval" / "report.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert saved["security"]["key_space_bits"] == 16 + 2  # password bits + key attributes
+    markdown = (run / "eval" / "report.md").read_text()
+    assert markdown == report_markdown.report_markdown(saved) + "\n"
+    assert "## Security" in markdown
     assert (run / "eval" / "security.png").stat().st_size > 1000
-    # The attacker is cached: a second evaluation loads it instead of training again.
-    cached = (run / "eval" / "attacker").stat().st_mtime_ns
-    evaluate.evaluate_run(config, str(run))
-    assert (run / "eval" / "attacker").stat().st_mtime_ns == cached

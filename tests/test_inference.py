@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_model import tiny_settings
 
 from configs import tiny
 from sdn_jax import benchmark, inference, keys
@@ -27,7 +28,9 @@ def model(trained_run):
 
 @pytest.fixture(scope="module")
 def key(model):
-    return inference.make_key(PASSPHRASE, {"Smiling": True, "Eyeglasses": False}, model.config)
+    return inference.make_key(
+        PASSPHRASE, {"Smiling": True, "Eyeglasses": False}, model.model_settings
+    )
 
 
 def test_load_reads_the_run_and_only_encoder_and_decoder(model, trained_run):
@@ -35,7 +38,9 @@ def test_load_reads_the_run_and_only_encoder_and_decoder(model, trained_run):
     assert model.image_size == 32 and model.key_attributes == ("Smiling", "Eyeglasses")
     assert sorted(model.params) == ["decoder", "encoder"]
     saved = json.loads((trained_run / "config.json").read_text())
-    assert model.config.model.password_bits == saved["model"]["password_bits"] == 16
+    assert model.model_settings.password_bits == saved["model"]["password_bits"] == 16
+    assert model.run.model == model.model_settings and model.run.ema  # tiny keeps averages
+    assert model.run.data.image_size == 32
 
     older = inference.load(trained_run, step=3)
     assert older.step == 3
@@ -102,17 +107,15 @@ def test_bad_arguments(model, key):
         model.anonymize(np.zeros((1, 64, 64, 3)), key)
     with pytest.raises(ValueError, match=r"in \[-1, 1\]"):
         model.anonymize(np.full((1, 32, 32, 3), 2.0), key)
-    other = inference.make_key(PASSPHRASE, {"Smiling": True}, _config(("Smiling",)))
+    other = inference.make_key(PASSPHRASE, {"Smiling": True}, _model(("Smiling",)))
     with pytest.raises(ValueError, match="another model configuration"):
         model.recover(np.zeros((1, 32, 32, 3)), other)
     with pytest.raises(ValueError, match="exactly one"):
         inference.find_checkpoint()
 
 
-def _config(key_attributes):
-    config = tiny.get_config()
-    config.model.key_attributes = key_attributes
-    return config
+def _model(key_attributes):
+    return tiny_settings(**{"model.key_attributes": key_attributes}).model
 
 
 def _assert_load_error(match: str, *args, **kwargs) -> None:
@@ -139,7 +142,9 @@ def test_load_errors_name_the_path(trained_run, tmp_path):
     (run / "config.json").write_text("{not json")
     _assert_load_error(f"{run}/config.json cannot be read as a run's config", run)
     (run / "config.json").write_text('{"model": {}}')
-    _assert_load_error("has no data.image_size", run)
+    _assert_load_error(f"{run}/config.json lacks a data/model/train section", run)
+    (run / "config.json").write_text('{"data": {}, "model": {}, "train": {}}')
+    _assert_load_error(r"config.json: missing config field\(s\): data.name, data.image_size", run)
     (run / "config.json").unlink()
     _assert_load_error(f"{run}/config.json is missing", run)
 
@@ -157,6 +162,25 @@ def test_a_checkpoint_of_another_config_is_refused(trained_run, tmp_path):
     config["model"]["widths"] = [8, 16, 48]  # not what the checkpoint holds
     (run / "config.json").write_text(json.dumps(config))
     _assert_load_error("does not match|cannot be restored", run)
+
+
+def test_an_older_runs_config_is_upgraded_or_refused(trained_run, tmp_path):
+    """config.json of a run that predates a field loads with the value it ran with; one
+    that used a retired experiment setting is refused by name."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["warp_pixels"] = 0.0  # retired, at its neutral value: dropped
+    (run / "config.json").write_text(json.dumps(config))
+    assert inference.read_config(run / "config.json").model.recovery == "inverse"
+    assert inference.load(run).step == 6
+    del config["model"]["recovery"]  # predates the field: the "conditioned" it ran with
+    (run / "config.json").write_text(json.dumps(config))
+    assert inference.read_config(run / "config.json").model.recovery == "conditioned"
+    config["model"]["recovery"] = "inverse"
+    config["model"]["warp_pixels"] = 2.0
+    (run / "config.json").write_text(json.dumps(config))
+    _assert_load_error(r"model.warp_pixels is a retired experiment setting", run)
 
 
 def test_benchmark_section(trained_run, tmp_path):

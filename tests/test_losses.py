@@ -16,10 +16,6 @@ def np_log_sigmoid(x):
     return -np.logaddexp(0.0, -x)
 
 
-def np_log_softmax(x):
-    return x - np.logaddexp.reduce(x, axis=-1, keepdims=True)
-
-
 def test_lsgan_generator_averages_scales():
     # Scale 0: (s - 1)^2 = 0, 1, 1, 0 -> mean 0.5. Scale 1: (3 - 1)^2 = 4. Mean of scales 2.25.
     scores = [f32([[1.0, 0.0], [2.0, 1.0]]), f32([[3.0]])]
@@ -86,37 +82,6 @@ def test_attribute_bce_matches_numpy():
     assert float(losses.attribute_bce(f32([[20.0]]), f32([[0.0]]))) == pytest.approx(20.0)
 
 
-def test_identity_cross_entropy_matches_numpy():
-    logits = np.array([[1.0, 2.0, 3.0], [0.0, -1.0, 5.0]], np.float32)
-    labels = np.array([2, 0])
-    expected = -np.mean(np_log_softmax(logits)[np.arange(2), labels])
-    value = losses.identity_cross_entropy(f32(logits), jnp.asarray(labels))
-    assert float(value) == pytest.approx(expected, rel=1e-5)
-    # Uniform logits over 4 classes: log 4.
-    uniform = losses.identity_cross_entropy(f32(np.zeros((3, 4))), jnp.asarray([0, 1, 3]))
-    assert float(uniform) == pytest.approx(np.log(4.0), rel=1e-6)
-
-
-def test_identity_removal():
-    labels = jnp.asarray([0, 1])
-    # The true class has ~0 probability: nothing left to remove.
-    gone = losses.identity_removal(f32([[-30.0, 0.0, 0.0], [0.0, -30.0, 0.0]]), labels)
-    assert 0.0 <= float(gone) < 1e-6
-    # p(true) = 1/2 exactly: -log(1 - 1/2) = log 2.
-    half = losses.identity_removal(f32([[0.0, 0.0], [0.0, 0.0]]), labels)
-    assert float(half) == pytest.approx(np.log(2.0), rel=1e-5)
-    # p(true) ~ 1: large but finite (clipped at 1 - 1e-6 -> ~13.8).
-    sure = losses.identity_removal(f32([[40.0, 0.0], [0.0, 40.0]]), labels)
-    assert 10.0 < float(sure) <= -np.log(1e-6) + 0.1
-    # Matches -log(1 - softmax(true)) in between, and its gradient stays finite at p ~ 1.
-    logits = np.array([[1.0, 2.0, 0.5], [3.0, -1.0, 0.0]], np.float32)
-    p = np.exp(np_log_softmax(logits))[np.arange(2), [0, 1]]
-    value = losses.identity_removal(f32(logits), labels)
-    assert float(value) == pytest.approx(np.mean(-np.log1p(-p)), rel=1e-5)
-    grad = jax.grad(losses.identity_removal)(f32([[40.0, 0.0], [0.0, 40.0]]), labels)
-    assert np.isfinite(np.asarray(grad)).all()
-
-
 def test_cosine_similarity_and_dissimilarity():
     a = f32([[1.0, 2.0, 3.0], [0.0, -4.0, 0.5]])
     assert float(losses.cosine_similarity(a, a)) == pytest.approx(1.0, abs=1e-5)
@@ -129,30 +94,6 @@ def test_cosine_similarity_and_dissimilarity():
     x, y = np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[1.0, 0.0], [1.0, 0.0]])
     assert float(losses.cosine_similarity(f32(x), f32(y))) == pytest.approx(
         (1.0 + 1 / np.sqrt(2)) / 2, abs=1e-5
-    )
-
-
-def test_dissimilarity_power_pushes_hardest_on_the_rows_still_alike():
-    # Row 0 at cos 0.8 to its target, row 1 at cos -0.6.
-    a = f32([[0.8, 0.6], [-0.6, 0.8]])
-    b = f32([[1.0, 0.0], [1.0, 0.0]])
-    assert float(losses.dissimilarity(a, b, 2.0)) == pytest.approx((0.9**2 + 0.2**2) / 2, abs=1e-5)
-    # d/d cos_i of the mean of ((1 + cos_i) / 2) ** 2 is (1 + cos_i) / 4 per row: 0.45 vs 0.1,
-    # against 0.25 each at power 1.
-    grad = lambda power: np.asarray(jax.grad(lambda x: losses.dissimilarity(x, b, power))(a))
-    ratio = np.linalg.norm(grad(2.0), axis=1) / np.linalg.norm(grad(1.0), axis=1)
-    np.testing.assert_allclose(ratio, [0.45 / 0.25, 0.1 / 0.25], rtol=1e-3)
-
-
-def test_person_centroids_average_each_persons_photos_in_the_batch():
-    # Person 5: two photos at 0 and 90 degrees (any scale); person 2: one photo.
-    e = f32([[3.0, 0.0], [0.0, 1.0], [0.0, -2.0]])
-    centroids = np.asarray(losses.person_centroids(e, jnp.array([5, 2, 5])))
-    half = np.sqrt(0.5)
-    np.testing.assert_allclose(centroids, [[half, -half], [0.0, 1.0], [half, -half]], atol=1e-5)
-    # Pushing x_A away from the centroid, not from its own photo: a different target.
-    assert float(losses.dissimilarity(e[:1], centroids[:1])) == pytest.approx(
-        (1 + half) / 2, abs=1e-5
     )
 
 

@@ -9,23 +9,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_model import NUM_IDENTITIES, fast_jit
+from tiny_model import fast_jit, tiny_config
 
-from configs import tiny as tiny_config
+from configs import celeba128
 from sdn_jax import keys
+from sdn_jax import settings as settings_lib
 from sdn_jax import state as state_lib
+from sdn_jax.models import sdn
 from sdn_jax.models.classifier import Classifier
-from sdn_jax.models.decoder import (
-    _INPUT_SQUASH,
-    Decoder,
-    fourier_features,
-    from_change_space,
-    to_change_space,
-)
+from sdn_jax.models.decoder import Decoder, fourier_features
 from sdn_jax.models.encoder import Latent
-from sdn_jax.models.warp import warp
 
 BATCH = 8
+# The decoder pulls its input inside (-1, 1) before arctanh: G = tanh(out + arctanh(0.98 x)).
+INPUT_SQUASH = 0.98
 
 
 def perturb(tree, seed, scale=0.05):
@@ -52,29 +49,25 @@ def noisy_params(params):
 
 
 @pytest.fixture(scope="module")
-def all_outputs(networks, config):
+def all_outputs(networks, settings):
     """Every network's eval output for (images, conditions), one compile per batch size."""
 
     @fast_jit
     def outputs(params, images, conditions):
-        latent = state_lib.apply(networks["encoder"], params["encoder"], images)
-        decoded = state_lib.apply(
-            networks["decoder"], params["decoder"], latent, conditions, images
-        )
-        c = state_lib.apply(networks["classifier"], params["classifier"], images)
-        mean, log_var = state_lib.apply(
-            networks["club"], params["club"], c.embedding, config.model.embedding_dim
+        latent = sdn.apply(networks["encoder"], params["encoder"], images)
+        decoded = sdn.decode(networks, params, latent, conditions, images)
+        c = sdn.apply(networks["classifier"], params["classifier"], images)
+        mean, log_var = sdn.apply(
+            networks["club"], params["club"], c.embedding, settings.model.embedding_dim
         )
         return dict(
             latent_vector=latent.vector,
             decoded=decoded,
-            identity_logits=c.identity_logits,
+            generated=sdn.generate(networks, params, images, conditions),
             attribute_logits=c.attribute_logits,
             embedding=c.embedding,
-            discriminator=state_lib.apply(
-                networks["discriminator"], params["discriminator"], images
-            ),
-            key_logits=state_lib.apply(
+            discriminator=sdn.apply(networks["discriminator"], params["discriminator"], images),
+            key_logits=sdn.apply(
                 networks["key_predictor"], params["key_predictor"], images, decoded
             ),
             club_mean=mean,
@@ -92,23 +85,23 @@ def random_images(seed, n, size):
     return jnp.asarray(images)
 
 
-def random_conditions(seed, n, config):
+def random_conditions(seed, n, settings):
     rng = jax.random.key(seed)
-    password = keys.random_passwords(rng, n, config.model.password_bits)
+    password = keys.random_passwords(rng, n, settings.model.password_bits)
     attributes = keys.random_attributes(
-        jax.random.fold_in(rng, 1), n, len(config.model.key_attributes)
+        jax.random.fold_in(rng, 1), n, len(settings.model.key_attributes)
     )
     return keys.condition_vector(keys.ANONYMIZE, password, attributes)
 
 
 @pytest.fixture(scope="module")
-def condition_batch(config):
+def condition_batch(settings):
     """One image in rows 0-3 under: a base condition, the direction flipped, one password
     bit flipped, one attribute flipped; rows 4-7 other images and random conditions."""
-    size = config.data.image_size
+    size = settings.data.image_size
     images = np.array(random_images(0, BATCH, size))
     images[1:4] = images[0]
-    conditions = np.array(random_conditions(0, BATCH, config))
+    conditions = np.array(random_conditions(0, BATCH, settings))
     conditions[1:4] = conditions[0]
     conditions[1, 0] = -conditions[0, 0]  # direction flag
     conditions[2, 1 + 5] = -conditions[0, 1 + 5]  # one password bit
@@ -155,13 +148,18 @@ def test_outputs_do_not_depend_on_the_rest_of_the_batch(
                 )
 
 
+def test_generate_is_the_decoder_on_the_encoders_latent(batch_outputs):
+    """sdn.generate(x, c) = G(E(x), c, x): what inference and the evaluation run."""
+    np.testing.assert_allclose(batch_outputs["generated"], batch_outputs["decoded"], atol=1e-6)
+
+
 def test_decoder_with_zero_output_layer_is_the_identity(all_outputs, params, condition_batch):
     """Zero last conv + residual output: G(E(x), c, x) = tanh(arctanh(0.98 x)) = 0.98 x."""
     images, conditions = condition_batch
     params = {**params, "decoder": zero_output_layer(params["decoder"])}
     decoded = np.asarray(all_outputs(params, images, conditions)["decoded"])
-    np.testing.assert_allclose(decoded, _INPUT_SQUASH * np.asarray(images), atol=1e-5)
-    assert np.abs(decoded - np.asarray(images)).max() <= 1 - _INPUT_SQUASH + 1e-5
+    np.testing.assert_allclose(decoded, INPUT_SQUASH * np.asarray(images), atol=1e-5)
+    assert np.abs(decoded - np.asarray(images)).max() <= 1 - INPUT_SQUASH + 1e-5
 
 
 def test_outputs_are_finite_and_in_range(batch_outputs):
@@ -173,20 +171,20 @@ def test_outputs_are_finite_and_in_range(batch_outputs):
     assert np.abs(batch_outputs["club_log_var"]).max() <= 4.0
 
 
-def test_classifier_embedding_has_unit_norm_and_cosine_logits(batch_outputs):
+def test_classifier_embedding_has_unit_norm_and_40_attribute_logits(batch_outputs, settings):
     norms = np.linalg.norm(batch_outputs["embedding"], axis=-1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-5)
-    # Identity logits are 16 * cosine(embedding, class weight): bounded by the scale.
-    assert np.abs(batch_outputs["identity_logits"]).max() <= 16.0 + 1e-4
-    assert batch_outputs["identity_logits"].shape == (BATCH, NUM_IDENTITIES)
+    assert batch_outputs["embedding"].shape == (BATCH, settings.model.embedding_dim)
+    assert batch_outputs["attribute_logits"].shape == (BATCH, 40)
 
 
 def test_use_skips_length_mismatch_is_a_clear_error():
     for flags in ((True,), (True, True, True)):
-        bad = tiny_config.get_config()
-        bad.model.use_skips = flags
-        with pytest.raises(ValueError, match=r"use_skips needs one flag per level.*got"):
-            state_lib.build_networks(bad, NUM_IDENTITIES)
+        with pytest.raises(
+            settings_lib.SettingsError,
+            match=r"model.use_skips must be one flag per level above the deepest.*got",
+        ):
+            settings_lib.from_config(tiny_config(**{"model.use_skips": flags}))
 
 
 def test_decoder_without_skips_ignores_them():
@@ -215,21 +213,50 @@ def test_decoder_without_skips_ignores_them():
     assert np.abs(apply(variables, latent(1, 0), condition, inputs) - base).max() > 1e-3
 
 
-def test_every_network_has_parameters(params, networks, config):
-    assert set(networks) == set(state_lib.NETWORKS) == set(params)
+def test_every_network_has_parameters(params, networks, settings):
+    assert set(networks) == set(sdn.NETWORKS) == set(state_lib.NETWORKS) == set(params)
     counts = state_lib.parameter_counts(params)
-    for name in state_lib.NETWORKS:
+    for name in sdn.NETWORKS:
         assert counts[name] > 0, name
-        assert counts[name] == sum(np.size(x) for x in jax.tree.leaves(params[name]))
-    # The decoder's condition MLP reads the key (raw, or the Fourier map plus the raw
-    # attribute choices), the direction flag unless recovery is inverse, and z.
-    m = config.model
-    key_size = state_lib.condition_size(config) - 1
-    if m.key_features:
-        key_size = m.key_features + len(m.key_attributes)
-    inputs = key_size + (m.recovery == "conditioned") + m.latent_dim
+    # q with club_hidden 16 on 16-d embeddings: three 16 -> 16 Dense layers (hidden,
+    # mean, log-variance), 16 * 16 + 16 parameters each.
+    assert (settings.model.club_hidden, settings.model.embedding_dim) == (16, 16)
+    assert counts["club"] == 3 * (16 * 16 + 16)
+    # The tiny condition: the direction flag, 16 password bits and 2 key attributes.
+    assert sdn.condition_size(settings.model) == 1 + 16 + 2
+    # The decoder's condition MLP reads the key through the 256 Fourier features plus the
+    # 2 raw attribute choices, and z (32); with inverse recovery not the direction flag.
     dense = [v["kernel"].shape for k, v in params["decoder"].items() if k.startswith("Dense")]
-    assert any(shape[0] == inputs for shape in dense), dense
+    assert (256 + 2 + 32, settings.model.condition_hidden) in dense, dense
+
+
+def test_parameter_counts_counts_every_leaf():
+    tree = {
+        "a": {"w": np.zeros((2, 3)), "b": np.zeros(3), "inner": {"k": np.zeros((4, 1, 2))}},
+        "empty": {},
+    }
+    assert state_lib.parameter_counts(tree) == {"a": 6 + 3 + 8, "empty": 0}
+
+
+def test_celeba128_config_builds_networks_with_parameters():
+    """configs/celeba128.py is valid and its networks initialise (shapes only: no compute
+    at 128 px)."""
+    settings = settings_lib.from_config(celeba128.get_config())
+    assert settings.data.name == "celeba" and settings.data.image_size == 128
+    networks = sdn.build_networks(settings.model)
+    shapes = jax.eval_shape(
+        lambda: sdn.init_params(jax.random.key(0), networks, settings.model, 128)
+    )
+    counts = state_lib.parameter_counts(shapes)
+    assert set(counts) == set(sdn.NETWORKS)
+    for name, count in counts.items():
+        assert count > 0, name
+    # Five levels from 128 px: the encoder ends at 8 px with the widest maps.
+    latent = jax.eval_shape(
+        lambda p: sdn.apply(networks["encoder"], p, jnp.zeros((1, 128, 128, 3))), shapes["encoder"]
+    )
+    assert latent.features.shape == (1, 8, 8, 256)
+    assert latent.vector.shape == (1, 256)
 
 
 def _small_decoder_inputs(seed=0, batch=4, size=32):
@@ -251,42 +278,20 @@ def _with_direction(direction, key):
     return jnp.concatenate([jnp.full((key.shape[0], 1), direction, jnp.float32), key], -1)
 
 
-def test_change_space_is_tanh_at_zero_and_linear_inside_the_range():
-    u = jnp.linspace(-6.0, 6.0, 4001)
-    np.testing.assert_array_equal(from_change_space(u, 0.0), jnp.tanh(u))
-    x = jnp.linspace(-0.98, 0.98, 1001)
-    np.testing.assert_array_equal(to_change_space(x, 0.0), jnp.arctanh(x))
-    pixels = from_change_space(u, 0.8)
-    inside = jnp.abs(u) <= 0.8
-    np.testing.assert_array_equal(pixels[inside], u[inside])
-    assert float(jnp.abs(pixels).max()) <= 1.0  # always a pixel
-    assert bool(jnp.all(jnp.diff(pixels) >= -1e-6))  # rising, up to float32 rounding
-    assert bool(jnp.all(jnp.diff(pixels[jnp.abs(u) < 1.5]) > 0))  # strictly rising there
-    np.testing.assert_allclose(from_change_space(to_change_space(x, 0.8), 0.8), x, atol=1e-6)
-    slope = jax.vmap(jax.grad(lambda v: from_change_space(v, 0.8)))(jnp.array([0.79, 0.81]))
-    np.testing.assert_allclose(slope, 1.0, atol=0.02)  # no kink where the rim starts
-    grads = jax.vmap(jax.grad(lambda v: to_change_space(v, 0.8)))(x)
-    assert bool(jnp.all(jnp.isfinite(grads)))
-    # Bright pixels cost far less to darken than under tanh: the point of the map.
-    cost = lambda a: float(to_change_space(jnp.array(0.98), a) - to_change_space(jnp.array(0.5), a))  # noqa: E731
-    assert cost(0.8) < 0.4 * cost(0.0)
-
-
-@pytest.mark.parametrize("linear_range", [0.0, 0.8])
-def test_inverse_recovery_subtracts_the_anonymizing_change(linear_range):
+def test_inverse_recovery_subtracts_the_anonymizing_change():
     """recovery='inverse': for one latent and input, the recover output's pre-activation
     change is exactly minus the anonymize output's, so a right key undoes the change
     drawn from the same latent; the direction flag reaches the output only as that sign."""
     decoder = Decoder(widths=(8, 16, 32), num_res_blocks=1, condition_hidden=16,
-                      recovery="inverse", key_features=32, linear_range=linear_range)  # fmt: skip
+                      recovery="inverse", key_features=32)  # fmt: skip
     latent, inputs, key = _small_decoder_inputs()
     variables = fast_jit(decoder.init)(jax.random.key(0), latent, _with_direction(0.5, key), inputs)
     variables = perturb(variables, 3)
     apply = fast_jit(decoder.apply)
     anonymized = apply(variables, latent, _with_direction(keys.ANONYMIZE, key), inputs)
     recovered = apply(variables, latent, _with_direction(keys.RECOVER, key), inputs)
-    to_change = lambda x: np.asarray(to_change_space(jnp.asarray(x), linear_range), np.float64)  # noqa: E731
-    base = to_change(_INPUT_SQUASH * np.asarray(inputs))
+    to_change = lambda x: np.arctanh(np.asarray(x, np.float64))  # noqa: E731
+    base = to_change(INPUT_SQUASH * np.asarray(inputs))
     change_a, change_r = to_change(anonymized) - base, to_change(recovered) - base
     assert np.abs(change_a).mean() > 1e-2  # the decoder does change the image
     # Where an output sits within float32 rounding of +-1 its change cannot be read back.
@@ -295,16 +300,18 @@ def test_inverse_recovery_subtracts_the_anonymizing_change(linear_range):
     np.testing.assert_allclose(change_r[readable], -change_a[readable], atol=2e-3)
 
 
-def test_inverse_recovery_needs_residual_output_and_a_known_mode():
-    latent, inputs, key = _small_decoder_inputs()
-    condition = _with_direction(0.5, key)
-    for bad, message in [
-        (dict(recovery="inverse", residual_output=False), "needs residual_output"),
-        (dict(recovery="backwards"), "recovery must be"),
-    ]:
-        decoder = Decoder(widths=(8, 16, 32), num_res_blocks=1, condition_hidden=16, **bad)
-        with pytest.raises(ValueError, match=message):
-            decoder.init(jax.random.key(0), latent, condition, inputs)
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"model.recovery": "inverse", "model.residual_output": False},
+         r"model.recovery='inverse' subtracts a change: it needs model.residual_output=True"),
+        ({"model.recovery": "backwards"},
+         r"model.recovery must be 'inverse' or 'conditioned', got 'backwards'"),
+    ],
+)  # fmt: skip
+def test_inverse_recovery_needs_residual_output_and_a_known_mode(changes, message):
+    with pytest.raises(settings_lib.SettingsError, match=message):
+        settings_lib.from_config(tiny_config(**changes))
 
 
 def test_fourier_key_map_is_fixed_and_scrambles_one_bit():
@@ -320,8 +327,8 @@ def test_fourier_key_map_is_fixed_and_scrambles_one_bit():
     # The MLP reads the direction, the 512 features, the 2 raw attribute choices and z.
     assert params["Dense_0"]["kernel"].shape[0] == 1 + 512 + 2 + latent.vector.shape[-1]
 
-    grads = jax.grad(
-        lambda p: jnp.sum(decoder.apply({"params": p}, latent, condition, inputs) ** 2)
+    grads = fast_jit(
+        jax.grad(lambda p: jnp.sum(decoder.apply({"params": p}, latent, condition, inputs) ** 2))
     )(params)
     np.testing.assert_array_equal(grads["key_projection"], 0.0)
     assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads))
@@ -335,53 +342,13 @@ def test_fourier_key_map_is_fixed_and_scrambles_one_bit():
     assert raw_correlation > 0.8
 
 
-def test_warp_zero_flow_is_exact_and_integer_flow_shifts():
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
-    zero = jnp.zeros((2, 8, 8, 2))
-    np.testing.assert_array_equal(warp(images, zero), images)
-    # Sampling at (y + 1, x - 2): output pixel (y, x) is input pixel (y + 1, x - 2).
-    shift = jnp.broadcast_to(jnp.asarray([1.0, -2.0]), (2, 8, 8, 2))
-    out = np.asarray(warp(images, shift))
-    np.testing.assert_allclose(out[:, :7, 2:], np.asarray(images)[:, 1:, :6], atol=1e-6)
-    # Half a pixel: the mean of two neighbours; off the edge: the edge pixel.
-    half = jnp.broadcast_to(jnp.asarray([0.0, 0.5]), (2, 8, 8, 2))
-    expected = 0.5 * (np.asarray(images)[:, :, :7] + np.asarray(images)[:, :, 1:])
-    np.testing.assert_allclose(np.asarray(warp(images, half))[:, :, :7], expected, atol=1e-6)
-    far = jnp.broadcast_to(jnp.asarray([0.0, 100.0]), (2, 8, 8, 2))
-    np.testing.assert_allclose(warp(images, far), np.repeat(images[:, :, -1:], 8, axis=2))
-
-
-def test_warp_is_differentiable_in_the_flow():
-    rng = np.random.default_rng(1)
-    images = jnp.asarray(rng.uniform(-1, 1, (1, 8, 8, 3)), jnp.float32)
-    flow = jnp.asarray(rng.uniform(-1.5, 1.5, (1, 8, 8, 2)), jnp.float32)
-    grad = jax.grad(lambda f: jnp.sum(warp(images, f) ** 2))(flow)
-    assert np.isfinite(grad).all() and np.abs(grad).max() > 0
-
-
-def test_warping_decoder_recovery_warps_back():
-    """warp_pixels: anonymize is warp(u, f) + r and recover warp(u - r, -f) for the same
-    latent; on a smooth image that recover-after-anonymize comes back close to it."""
-    decoder = Decoder(widths=(8, 16, 32), num_res_blocks=1, condition_hidden=16,
-                      recovery="inverse", warp_pixels=2.0)  # fmt: skip
-    latent, _, key = _small_decoder_inputs()
-    yy, xx = np.meshgrid(np.linspace(-1, 1, 32), np.linspace(-1, 1, 32), indexing="ij")
-    smooth = np.stack([0.5 * np.sin(2 * yy), 0.5 * np.cos(2 * xx), 0.3 * yy * xx], -1)
-    inputs = jnp.asarray(np.broadcast_to(smooth, (4, 32, 32, 3)), jnp.float32)
-    variables = fast_jit(decoder.init)(jax.random.key(0), latent, _with_direction(0.5, key), inputs)
-    variables = perturb(variables, 4)
-    apply = fast_jit(decoder.apply)
-    anonymized = apply(variables, latent, _with_direction(keys.ANONYMIZE, key), inputs)
-    recovered = apply(variables, latent, _with_direction(keys.RECOVER, key), anonymized)
-    assert np.abs(np.asarray(anonymized) - np.asarray(inputs)).mean() > 0.02
-    # Not exact (interpolation, edges): well within the change itself.
-    error = np.abs(np.asarray(recovered) - np.asarray(inputs))[:, 4:-4, 4:-4].mean()
-    assert error < 0.2 * np.abs(np.asarray(anonymized) - np.asarray(inputs)).mean(), error
-    conditioned = Decoder(widths=(8, 16, 32), num_res_blocks=1, condition_hidden=16,
-                          warp_pixels=2.0)  # fmt: skip
-    with pytest.raises(ValueError, match="warp_pixels needs recovery='inverse'"):
-        conditioned.init(jax.random.key(0), latent, _with_direction(0.5, key), inputs)
+def test_fourier_features_on_a_hand_made_key():
+    """[sin(k W), cos(k W)] for one key and a 2 x 2 projection, worked out by hand."""
+    key = jnp.asarray([[0.5, -0.5]])
+    projection = jnp.asarray([[np.pi, 0.0], [np.pi, np.pi]])  # phases: 0 and -pi/2
+    np.testing.assert_allclose(
+        fourier_features(key, projection), [[0.0, -1.0, 1.0, 0.0]], atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("head,features", [("pooled", 2 * 16), ("flatten", 4 * 4 * 16)])
@@ -389,20 +356,20 @@ def test_classifier_embedding_head_reads_pooled_or_every_position(head, features
     """model.classifier_embedding_head: "pooled" embeds the mean and max of each channel
     over positions; "flatten" embeds every position of the last map, as the attacker
     does. Both stay unit vectors."""
-    classifier = Classifier(
-        num_identities=5, widths=(8, 16), embedding_dim=6, flatten_embedding=head == "flatten"
-    )
+    classifier = Classifier(widths=(8, 16), embedding_dim=6, flatten_embedding=head == "flatten")
     images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
-    params = classifier.init(jax.random.key(0), images)["params"]
+    params = fast_jit(classifier.init)(jax.random.key(0), images)["params"]
     embedding_kernels = [v["kernel"] for k, v in params.items()
                          if k.startswith("Dense") and v["kernel"].shape[-1] == 6]  # fmt: skip
     assert [k.shape for k in embedding_kernels] == [(features, 6)]
-    out = classifier.apply({"params": params}, images)
+    out = fast_jit(classifier.apply)({"params": params}, images)
     np.testing.assert_allclose(np.linalg.norm(out.embedding, axis=-1), 1.0, atol=1e-5)
+    assert out.attribute_logits.shape == (2, 40)
 
 
 def test_classifier_embedding_head_must_be_known():
-    bad = tiny_config.get_config()
-    bad.model.classifier_embedding_head = "attention"
-    with pytest.raises(ValueError, match="classifier_embedding_head must be 'pooled' or 'flatten'"):
-        state_lib.build_networks(bad, NUM_IDENTITIES)
+    with pytest.raises(
+        settings_lib.SettingsError,
+        match="model.classifier_embedding_head must be 'flatten' or 'pooled', got 'attention'",
+    ):
+        settings_lib.from_config(tiny_config(**{"model.classifier_embedding_head": "attention"}))

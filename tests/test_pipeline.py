@@ -5,6 +5,7 @@ import itertools
 
 import numpy as np
 import pytest
+from tiny_model import tiny_settings
 
 from sdn_jax.data import pipeline
 
@@ -200,23 +201,26 @@ def test_worker_processes_give_the_same_batches_and_restore():
         restored.close()
 
 
-def test_from_config_reads_the_config():
-    from configs import tiny
-
-    config = tiny.get_config()
-    config.train.global_batch_size = 4
-    config.data.random_flip = False
-    config.data.photos_per_person_in_batch = 1
-    batch = next(pipeline.from_config(config, SOURCE, train=True, process_count=1, process_index=0))
+def test_from_settings_reads_the_settings():
+    settings = tiny_settings(
+        **{"train.global_batch_size": 4, "data.random_flip": False,
+           "data.photos_per_person_in_batch": 1}
+    )  # fmt: skip
+    batch = next(
+        pipeline.from_settings(settings, SOURCE, train=True, process_count=1, process_index=0)
+    )
     assert batch["image"].shape[0] == 4
     assert np.all(np.diff(batch["image"][..., 1], axis=-1) > 0)
-    batches = list(pipeline.from_config(config, SOURCE, train=False))
+    batches = list(pipeline.from_settings(settings, SOURCE, train=False))
     assert len(batches) == NUM_RECORDS // 4 and all(b["mask"].all() for b in batches)
     # Grouped batches: the identities are read from the source itself.
-    config.data.photos_per_person_in_batch = 2
+    grouped_settings = tiny_settings(
+        **{"train.global_batch_size": 4, "data.random_flip": False,
+           "data.photos_per_person_in_batch": 2}
+    )  # fmt: skip
     people_source = [dict(r, identity=np.int32(PEOPLE[i])) for i, r in enumerate(SOURCE[:23])]
-    grouped = pipeline.from_config(
-        config, people_source, train=True, process_count=1, process_index=0
+    grouped = pipeline.from_settings(
+        grouped_settings, people_source, train=True, process_count=1, process_index=0
     )
     for batch in itertools.islice(grouped, 5):
         runs = batch["identity"].reshape(-1, 2)
@@ -239,17 +243,18 @@ def test_in_memory_source_serves_the_decoded_records():
 
 
 @pytest.mark.parametrize("limit_mb, in_memory", [(0.0, False), (1.0, True)])
-def test_from_config_batches_are_the_same_from_memory(limit_mb, in_memory, monkeypatch):
-    from configs import tiny
+def test_from_settings_batches_are_the_same_from_memory(limit_mb, in_memory, monkeypatch):
+    def settings(in_memory_mb):
+        return tiny_settings(
+            **{"train.global_batch_size": 4, "data.photos_per_person_in_batch": 2,
+               "data.in_memory_mb": in_memory_mb}
+        )  # fmt: skip
 
-    config = tiny.get_config()
-    config.train.global_batch_size = 4
-    config.data.photos_per_person_in_batch = 2
     people_source = [dict(r, identity=np.int32(PEOPLE[i])) for i, r in enumerate(SOURCE[:23])]
-    make = lambda: pipeline.from_config(
-        config, people_source, train=True, process_count=1, process_index=0
+    make = lambda s: pipeline.from_settings(  # noqa: E731
+        s, people_source, train=True, process_count=1, process_index=0
     )
-    reference = _take(make(), 15)  # beyond an epoch (23 records, 11 runs of 2)
+    reference = _take(make(settings(0.0)), 15)  # beyond an epoch (23 records, 11 runs of 2)
     built = []
     original = pipeline.InMemorySource.__init__
 
@@ -258,12 +263,10 @@ def test_from_config_batches_are_the_same_from_memory(limit_mb, in_memory, monke
         original(self, source)
 
     monkeypatch.setattr(pipeline.InMemorySource, "__init__", spy)
-    config.data.in_memory_mb = limit_mb
-    _assert_same_batches(_take(make(), 15), reference)
+    _assert_same_batches(_take(make(settings(limit_mb)), 15), reference)
     assert bool(built) == in_memory
-    config.data.in_memory_mb = 0.001  # smaller than the decoded split: read as before
-    built.clear()
-    _assert_same_batches(_take(make(), 15), reference)
+    built.clear()  # smaller than the decoded split: read as before
+    _assert_same_batches(_take(make(settings(0.001)), 15), reference)
     assert not built
 
 

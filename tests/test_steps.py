@@ -1,4 +1,5 @@
-"""The train step: key sampling, the dual pass, and sharded == single-device.
+"""The train step: key sampling, the dual pass, the losses' wiring, and sharded ==
+single-device.
 
 The sharded test runs this file as a script in a subprocess with 8 fake CPU devices
 (XLA_FLAGS must be set before JAX starts); the script prints one JSON line that the
@@ -6,36 +7,49 @@ tests here check. Compiles are slow on CPU, so it compiles each train step once 
 every sharding test reads the same run.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_model import NUM_IDENTITIES, fast_jit
+from tiny_model import NUM_IDENTITIES, fast_jit, tiny_settings
 
-from configs import tiny as tiny_config
-from sdn_jax import augment, keys, losses, sharding, steps
+from sdn_jax import augment, keys, losses, objectives, sharding, steps, training_setup
+from sdn_jax import settings as settings_lib
 from sdn_jax import state as state_lib
+from sdn_jax.models import sdn
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _replace(settings, section: str, **changes):
+    """`settings` with fields of one section changed (a frozen dataclass: a copy)."""
+    return dataclasses.replace(
+        settings, **{section: dataclasses.replace(getattr(settings, section), **changes)}
+    )
 
 
 # ------------------------------------------------------------------------- sample_keys
 
 
 @pytest.fixture(scope="module")
-def sampled(config):
-    return jax.device_get(steps.sample_keys(jax.random.key(3), 2048, config))
+def sample_2048(settings):
+    return fast_jit(lambda rng: objectives.sample_keys(rng, 2048, settings))
 
 
-def test_sample_keys_wrong_key_never_equals_right_key(sampled, config):
-    k, a = config.model.password_bits, len(config.model.key_attributes)
+@pytest.fixture(scope="module")
+def sampled(sample_2048):
+    return jax.device_get(sample_2048(jax.random.key(3)))
+
+
+def test_sample_keys_wrong_key_never_equals_right_key(sampled, settings):
+    k, a = settings.model.password_bits, len(settings.model.key_attributes)
     shapes = dict(password=k, password2=k, wrong_password=k, attributes=a, wrong_attributes=a)
     for name, width in shapes.items():
         assert sampled[name].shape == (2048, width), name
@@ -52,12 +66,20 @@ def test_sample_keys_wrong_key_never_equals_right_key(sampled, config):
     assert (sampled["password2"] != sampled["password"]).any(-1).mean() > 0.99
 
 
-def test_sample_keys_is_a_function_of_the_rng(sampled, config):
-    again = jax.device_get(steps.sample_keys(jax.random.key(3), 2048, config))
-    other = jax.device_get(steps.sample_keys(jax.random.key(4), 2048, config))
+def test_sample_keys_is_a_function_of_the_rng(sampled, sample_2048):
+    again = jax.device_get(sample_2048(jax.random.key(3)))
+    other = jax.device_get(sample_2048(jax.random.key(4)))
     for name in sampled:
         np.testing.assert_array_equal(again[name], sampled[name])
         assert (other[name] != sampled[name]).any(), name
+
+
+def test_ramp_rises_after_the_classifier_warm_up(settings):
+    """0 until the C warm-up ends, then linearly to 1 over loss.ramp_steps, then 1."""
+    settings = _replace(settings, "train", classifier_warmup_steps=10)
+    settings = _replace(settings, "loss", ramp_steps=4)
+    got = [float(objectives.ramp(jnp.int32(step), settings)) for step in (0, 10, 11, 12, 14, 99)]
+    np.testing.assert_allclose(got, [0.0, 0.0, 0.25, 0.5, 1.0, 1.0])
 
 
 # --------------------------------------------------------------------------- dual_pass
@@ -69,24 +91,21 @@ def dual_pass_and_reference(networks):
 
     @fast_jit
     def run(params, images, key):
-        out = steps.dual_pass(networks, params, images, key)
+        out = sdn.dual_pass(networks, params, images, key)
 
         def generate(inputs, direction, password, attributes):
-            latent = state_lib.apply(networks["encoder"], params["encoder"], inputs)
             condition = keys.condition_vector(direction, password, attributes)
-            return state_lib.apply(
-                networks["decoder"], params["decoder"], latent, condition, inputs
-            )
+            return sdn.generate(networks, params, inputs, condition)
 
         a = key["attributes"]
-        x_a = out["anonymized"]
+        x_a = out.anonymized
         reference = dict(
             anonymized=generate(images, keys.ANONYMIZE, key["password"], a),
             anonymized2=generate(images, keys.ANONYMIZE, key["password2"], a),
             recovered=generate(x_a, keys.RECOVER, key["password"], a),
             wrong=generate(x_a, keys.RECOVER, key["wrong_password"], key["wrong_attributes"]),
         )
-        return out, reference
+        return out._asdict(), reference
 
     return run
 
@@ -108,9 +127,10 @@ def noisy_params(params):
     return {**params, "decoder": jax.tree.map(noise, params["decoder"])}
 
 
-def test_dual_pass_wiring_and_range(dual_pass_and_reference, noisy_params, images, config):
-    key = steps.sample_keys(jax.random.key(5), images.shape[0], config)
+def test_dual_pass_wiring_and_range(dual_pass_and_reference, noisy_params, images, settings):
+    key = objectives.sample_keys(jax.random.key(5), images.shape[0], settings)
     out, reference = jax.device_get(dual_pass_and_reference(noisy_params, images, key))
+    assert list(out) == ["anonymized", "anonymized2", "recovered", "wrong"]
     for name in ("anonymized", "anonymized2", "recovered", "wrong"):
         assert np.isfinite(out[name]).all() and np.abs(out[name]).max() <= 1.0, name
         # x_A, x_A2 from x; x_R and x_W from the anonymized image with the right/wrong key.
@@ -121,7 +141,7 @@ def test_dual_pass_wiring_and_range(dual_pass_and_reference, noisy_params, image
 
 
 def test_dual_pass_with_zero_output_layer_is_the_identity_chain(
-    dual_pass_and_reference, params, images, config
+    dual_pass_and_reference, params, images, settings
 ):
     """Zero output layer: G(., x) = 0.98 x, so x_A = 0.98 x and x_R = 0.98 x_A (not 0.98 x)."""
     decoder = params["decoder"]
@@ -129,7 +149,7 @@ def test_dual_pass_with_zero_output_layer_is_the_identity_chain(
     assert len(names) == 1, names
     zero = jax.tree.map(jnp.zeros_like, decoder[names[0]])
     params = {**params, "decoder": {**decoder, names[0]: zero}}
-    key = steps.sample_keys(jax.random.key(5), images.shape[0], config)
+    key = objectives.sample_keys(jax.random.key(5), images.shape[0], settings)
     out, _ = jax.device_get(dual_pass_and_reference(params, images, key))
     x = np.asarray(images)
     np.testing.assert_allclose(out["anonymized"], 0.98 * x, atol=1e-5)
@@ -139,159 +159,164 @@ def test_dual_pass_with_zero_output_layer_is_the_identity_chain(
     assert np.abs(out["recovered"] - x).max() < 0.05  # ~x
 
 
-def _without_augmentation(config):
-    """The config with C's augmented copies and the critic's views off."""
-    config = config.copy_and_resolve_references()
-    for name in ("classifier_damage", "classifier_recolour", "critic_flip", "critic_recolour"):
-        config.loss[name] = 0.0
-    config.loss.critic_shift = 0
-    return config
+def test_scale_gradient_scales_only_the_gradient():
+    x = jnp.asarray([1.0, -2.0, 3.0])
+    np.testing.assert_array_equal(sdn.scale_gradient(x, 0.6), x)
+    grad = jax.grad(lambda v: jnp.sum(3.0 * sdn.scale_gradient(v, 0.6)))(x)
+    np.testing.assert_allclose(grad, [1.8, 1.8, 1.8], rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(lambda v: jnp.sum(sdn.scale_gradient(v, 0.0)))(x), 0.0)
 
 
-@pytest.mark.parametrize("damage,recolour", [(1.0, 0.0), (0.0, 1.0), (0.5, 1.0)])
-def test_classifier_augmented_copies_join_as_positives(config, networks, params, damage, recolour):
-    """loss.classifier_damage / classifier_recolour: C's contrastive loss also sees an
-    augmented copy of the batch (same labels); its attribute terms stay on the clean
-    images; no rng, no copy."""
-    batch = _synthetic_batches(NUM_IDENTITIES, config.data.image_size, count=1)[0]
+def _without_augmentation(settings):
+    """The settings with C's recoloured copies and the critic's recoloured views off."""
+    return _replace(settings, "loss", classifier_recolour=0.0, critic_recolour=0.0)
+
+
+@pytest.mark.parametrize("recolour", [1.0, 0.5])
+def test_classifier_recoloured_copies_join_as_positives(settings, networks, params, recolour):
+    """loss.classifier_recolour: C's contrastive loss also sees a recoloured copy of the
+    batch (same labels); its attribute terms stay on the clean images; no rng, no copy."""
+    batch = _synthetic_batches(NUM_IDENTITIES, settings.data.image_size, count=1)[0]
     batch["identity"] = np.repeat(np.arange(4), 2).astype(np.int32)
-    config = _without_augmentation(config)
-    augmented_config = config.copy_and_resolve_references()
-    augmented_config.loss.classifier_damage = damage
-    augmented_config.loss.classifier_recolour = recolour
-    loss = lambda cfg, rng=None: steps.classifier_loss(  # noqa: E731
-        params["classifier"], networks, batch, cfg, rng
-    )
-    clean, (clean_metrics, _) = loss(config, jax.random.key(3))
-    no_rng, _ = loss(augmented_config)
+    plain_settings = _without_augmentation(settings)
+    augmented_settings = _replace(plain_settings, "loss", classifier_recolour=recolour)
+
+    def loss(s, rng=None):
+        with_rng = lambda b, r: objectives.classifier_loss(  # noqa: E731
+            params["classifier"], networks, b, s, r
+        )
+        if rng is None:
+            return fast_jit(lambda b: with_rng(b, None))(batch)
+        return fast_jit(with_rng)(batch, rng)
+
+    clean, (clean_metrics, _) = loss(plain_settings, jax.random.key(3))
+    no_rng, _ = loss(augmented_settings)
     np.testing.assert_allclose(no_rng, clean, rtol=1e-6)
-    _, (metrics, _) = loss(augmented_config, jax.random.key(3))
+    _, (metrics, _) = loss(augmented_settings, jax.random.key(3))
     for name in ("c_attributes", "c_key_attributes"):
         np.testing.assert_allclose(metrics[name], clean_metrics[name], rtol=1e-6)
     x = jnp.asarray(batch["image"])
-    colour_rng, damage_rng = jax.random.split(jax.random.key(3))
-    copy = augment.damage_patch(damage_rng, augment.recolour(colour_rng, x, recolour), damage)
+    colour_rng, _ = jax.random.split(jax.random.key(3))
+    copy = augment.recolour(colour_rng, x, recolour)
     assert float(jnp.abs(copy - x).mean()) > 0.01  # the copy really differs
     both = jnp.concatenate([x, copy])
-    embeddings = state_lib.apply(networks["classifier"], params["classifier"], both).embedding
+    embeddings = fast_jit(sdn.apply, static_argnums=0)(
+        networks["classifier"], params["classifier"], both
+    ).embedding
     labels = jnp.concatenate([batch["identity"], batch["identity"]])
     expected = losses.supervised_contrastive(
-        embeddings, labels, config.loss.contrastive_temperature
+        embeddings, labels, settings.loss.contrastive_temperature
     )
     np.testing.assert_allclose(metrics["c_contrastive"], expected, rtol=1e-5)
     assert abs(float(metrics["c_contrastive"]) - float(clean_metrics["c_contrastive"])) > 1e-3
 
 
-def test_identity_target_person_pushes_away_from_the_batch_centroid(config, networks, params):
-    """loss.identity_target "person": x_A's identity term is measured against the mean
-    embedding of the person's photos in the batch, not against its own photo."""
-    batch = _synthetic_batches(NUM_IDENTITIES, config.data.image_size, count=1)[0]
-    batch["identity"] = np.repeat(np.arange(4), 2).astype(np.int32)
-    key = steps.sample_keys(jax.random.key(5), 8, config)
-    run = lambda cfg: steps.generator_loss({}, params, networks, batch, key, jnp.int32(10**6), cfg)[
-        1
-    ]
-
-    person_config = config.copy_and_resolve_references()
-    person_config.loss.identity_target = "person"
-    photo, person = run(config), run(person_config)
-    emb = state_lib.apply(
-        networks["classifier"], params["classifier"],
-        jnp.concatenate([jnp.asarray(batch["image"]), photo["fakes"][:8], photo["fakes"][16:]]),
-    ).embedding  # fmt: skip
-    f_x, e_a, e_w = jnp.split(emb, 3)
-    centroid = losses.person_centroids(f_x, jnp.asarray(batch["identity"]))
-    expected = losses.dissimilarity(e_a, centroid) + losses.dissimilarity(e_w, centroid)
-    np.testing.assert_allclose(person["terms"]["identity_embedding"], expected, rtol=1e-4)
-    assert abs(float(person["terms"]["identity_embedding"])
-               - float(photo["terms"]["identity_embedding"])) > 1e-4  # fmt: skip
-    person_config.loss.identity_target = "people"
-    with pytest.raises(ValueError, match="identity_target must be 'photo' or 'person'"):
-        run(person_config)
-
-
-def test_critic_views_change_only_what_the_classifier_sees(config, networks, params):
-    """loss.critic_shift / critic_flip / critic_recolour: C reads each generated face
-    through its own random view, the real batch as it is; the image terms (recovery,
-    margins) are untouched, C's terms change; without an rng there are no views."""
-    batch = _synthetic_batches(NUM_IDENTITIES, config.data.image_size, count=1)[0]
-    key = steps.sample_keys(jax.random.key(5), 8, config)
-    config = _without_augmentation(config)
+def test_critic_recolour_changes_only_what_the_classifier_sees(settings, networks, params):
+    """loss.critic_recolour: C reads the generated faces recoloured, the real batch as it
+    is; the image terms (recovery, margins) are untouched, C's terms change; without an
+    rng there is no recolouring."""
+    batch = _synthetic_batches(NUM_IDENTITIES, settings.data.image_size, count=1)[0]
+    key = objectives.sample_keys(jax.random.key(5), 8, settings)
+    plain_settings = _without_augmentation(settings)
     x = jnp.asarray(batch["image"])
     generated = [x[::-1], -x, x * 0.5, x[:, ::-1]]
     np.testing.assert_array_equal(
-        steps.critic_inputs(jax.random.key(1), x, generated, config),
+        objectives.critic_inputs(jax.random.key(1), x, generated, 0.0),
         jnp.concatenate([x, *generated]),
     )
-    viewed_config = config.copy_and_resolve_references()
-    viewed_config.loss.critic_shift = 2
-    viewed_config.loss.critic_flip = 0.5
-    viewed_config.loss.critic_recolour = 1.0
-    viewed = steps.critic_inputs(jax.random.key(1), x, generated, viewed_config)
-    np.testing.assert_array_equal(viewed[:8], x)
-    view_rng, colour_rng = jax.random.split(jax.random.key(1))
-    expected = augment.recolour(
-        colour_rng, augment.shift_and_flip(view_rng, jnp.concatenate(generated), 2, 0.5), 1.0
+    np.testing.assert_array_equal(
+        objectives.critic_inputs(None, x, generated, 1.0), jnp.concatenate([x, *generated])
     )
-    np.testing.assert_allclose(viewed[8:], expected, atol=1e-6)
+    viewed = objectives.critic_inputs(jax.random.key(1), x, generated, 1.0)
+    np.testing.assert_array_equal(viewed[:8], x)
+    assert bool(jnp.all(jnp.abs(viewed[8:] - jnp.concatenate(generated)).mean((1, 2, 3)) > 0))
+    assert float(viewed.min()) >= -1.0 - 1e-6 and float(viewed.max()) <= 1.0 + 1e-6
 
-    run = lambda cfg, rng: steps.generator_loss(  # noqa: E731
-        {}, params, networks, batch, key, jnp.int32(10**6), cfg, rng
-    )[1]["terms"]
-    plain, views = run(config, jax.random.key(2)), run(viewed_config, jax.random.key(2))
+    viewed_settings = _replace(plain_settings, "loss", critic_recolour=1.0)
+
+    def run(s, rng):
+        loss = lambda b, r: objectives.generator_loss(  # noqa: E731
+            {}, params, networks, b, key, jnp.int32(10**6), s, r
+        )[1]["terms"]
+        if rng is None:
+            return fast_jit(lambda b: loss(b, None))(batch)
+        return fast_jit(loss)(batch, rng)
+
+    plain, views = run(plain_settings, jax.random.key(2)), run(viewed_settings, jax.random.key(2))
     for name in ("recovery", "keep_anonymized", "wrong_distance", "change_anonymized"):
         np.testing.assert_allclose(views[name], plain[name], rtol=1e-6)
     for name in ("identity_embedding", "attributes", "recovered_embedding"):
         assert abs(float(views[name]) - float(plain[name])) > 1e-5, name
-    no_rng = run(viewed_config, None)
+    no_rng = run(viewed_settings, None)
     np.testing.assert_allclose(no_rng["identity_embedding"], plain["identity_embedding"], rtol=1e-6)
 
 
-def test_damaged_identity_term_reads_faces_with_their_centre_damaged(config, networks, params):
-    """loss.identity_damaged: the identity term once more, on x_A and x_W with a damaged
-    face centre (every one of them), against the same target; off without an rng."""
-    batch = _synthetic_batches(NUM_IDENTITIES, config.data.image_size, count=1)[0]
-    key = steps.sample_keys(jax.random.key(5), 8, config)
-    damaged_config = config.copy_and_resolve_references()
-    damaged_config.loss.identity_damaged = 2.0
-    run = lambda cfg, rng: steps.generator_loss(  # noqa: E731
-        {}, params, networks, batch, key, jnp.int32(10**6), cfg, rng
+def test_generator_loss_weights_and_ramps_its_terms(settings, networks, params):
+    """The total is the weighted sum of the terms; before the ramp only the image terms
+    (recovery and the three margins) count, after it every term does."""
+    batch = _synthetic_batches(NUM_IDENTITIES, settings.data.image_size, count=1)[0]
+    key = objectives.sample_keys(jax.random.key(5), 8, settings)
+    loss = fast_jit(
+        lambda b, step: objectives.generator_loss({}, params, networks, b, key, step, settings)
     )
-    total_plain, plain = run(config, jax.random.key(2))
-    total, aux = run(damaged_config, jax.random.key(2))
-    assert "identity_damaged" not in plain["terms"]
-    assert "identity_damaged" not in run(damaged_config, None)[1]["terms"]
-    x_a, x_w = aux["fakes"][:8], aux["fakes"][16:]
-    damaged = augment.damage_patch(
-        jax.random.fold_in(jax.random.key(2), 1), jnp.concatenate([x_a, x_w]), 1.0
+    (start, aux), (late, late_aux) = loss(batch, jnp.int32(0)), loss(batch, jnp.int32(10**6))
+    terms = {k: float(v) for k, v in aux["terms"].items()}
+    w = settings.loss
+    image_terms = (
+        w.recovery * terms["recovery"]
+        + w.keep_anonymized * terms["keep_anonymized"]
+        + w.wrong_distance * terms["wrong_distance"]
+        + w.change_anonymized * terms["change_anonymized"]
     )
-    assert float(jnp.mean(jnp.any(damaged != jnp.concatenate([x_a, x_w]), axis=(1, 2, 3)))) == 1.0
-    apply = lambda images: (
-        state_lib.apply(  # noqa: E731
-            networks["classifier"], params["classifier"], images
-        ).embedding
-    )
-    e_a, e_w = jnp.split(apply(damaged), 2)
-    f_x = apply(jnp.asarray(batch["image"]))
-    expected = losses.dissimilarity(e_a, f_x) + losses.dissimilarity(e_w, f_x)
-    np.testing.assert_allclose(aux["terms"]["identity_damaged"], expected, rtol=1e-4)
-    np.testing.assert_allclose(total - total_plain, 2.0 * expected, rtol=1e-3)
+    np.testing.assert_allclose(float(start), image_terms, rtol=1e-5)
+    everything = image_terms + sum(
+        getattr(w, name) * terms[name]
+        for name in ("adversarial", "attributes", "identity_embedding", "club", "diversity",
+                     "wrong_diversity", "key_information", "recovered_embedding")
+    )  # fmt: skip
+    np.testing.assert_allclose(float(late), everything, rtol=1e-5)
+    assert sorted(terms) == sorted(
+        ["adversarial", "recovery", "keep_anonymized", "change_anonymized", "wrong_distance",
+         "attributes", "identity_embedding", "club", "diversity", "wrong_diversity",
+         "key_information", "recovered_embedding"]
+    )  # fmt: skip
+    # The fakes are x_A, x_R, x_W of the batch, detached for D and C.
+    assert late_aux["fakes"].shape == (24, *batch["image"].shape[1:])
 
-
-# ------------------------------------------------------------------ sharded == 1 device
 
 NUM_STEPS = 3  # the first step's learning rate is 0 (warm-up from 0): step 3 reads step 2's update
 MESHES = (("one_device", 1, 1), ("data8", 8, 1), ("data4_fsdp2", 8, 2))
 
 
-def test_classifier_warmup_step_trains_only_the_classifier(config, networks):
-    optimizers = state_lib.build_optimizers(config)
-    state = fast_jit(lambda r: state_lib.create_state(r, networks, optimizers, config))(
-        jax.random.key(0)
+def _fresh_state(settings, params):
+    """The optimisers and create_state's state at key 0, from the session's params (the
+    same init_params at key 0): no init compile per test."""
+    optimizers = state_lib.build_optimizers(settings)
+    kept = state_lib.INFERENCE_NETWORKS if settings.train.ema_decay > 0 else ()
+    state = state_lib.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state={name: optimizers[name].init(params[name]) for name in state_lib.NETWORKS},
+        ema_params={name: params[name] for name in kept},
     )
-    batch = _synthetic_batches(NUM_IDENTITIES, config.data.image_size, count=1)[0]
+    return optimizers, state
+
+
+def test_fresh_state_is_create_states(settings, networks, params):
+    optimizers, state = _fresh_state(settings, params)
+    created = jax.eval_shape(
+        lambda: state_lib.create_state(jax.random.key(0), networks, optimizers, settings)
+    )
+    assert jax.tree.structure(created) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(created), jax.tree.leaves(state)):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+
+
+def test_classifier_warmup_step_trains_only_the_classifier(settings, networks, params):
+    optimizers, state = _fresh_state(settings, params)
+    batch = _synthetic_batches(NUM_IDENTITIES, settings.data.image_size, count=1)[0]
     batch["identity"] = np.repeat(np.arange(4), 2).astype(np.int32)  # positives: pairs
-    warmup = fast_jit(steps.make_classifier_warmup_step(networks, optimizers, config))
+    warmup = fast_jit(steps.make_classifier_warmup_step(networks, optimizers, settings))
     new_state, metrics = warmup(warmup(state, batch)[0], batch)  # step 0's rate is 0
     assert int(new_state.step) == 2
     for name in state_lib.NETWORKS:
@@ -301,35 +326,34 @@ def test_classifier_warmup_step_trains_only_the_classifier(config, networks):
     assert np.isfinite(float(metrics["loss/c_contrastive"]))
     assert float(metrics["loss/c_contrastive"]) > 0  # random embeddings: pairs not yet tidy
     assert 0.0 <= float(metrics["loss/c_train_key_attribute_accuracy"]) <= 1.0
+    assert "loss/g_total" not in metrics
 
 
-def test_update_ema_ramps_up_then_holds_the_decay(config):
-    config = config.copy_and_resolve_references()
-    config.train.ema_decay, config.train.classifier_warmup_steps = 0.9, 100
+def test_update_ema_ramps_up_then_holds_the_decay(settings):
+    settings = _replace(settings, "train", ema_decay=0.9, classifier_warmup_steps=100)
     params = {"encoder": {"w": jnp.full(3, 10.0)}, "decoder": {"b": jnp.ones(2)}, "club": {}}
     ema = {"encoder": {"w": jnp.zeros(3)}, "decoder": {"b": jnp.zeros(2)}}
     # The first full step (after the C warm-up) takes 0.9 of the params: decay 1/10.
-    first = steps.update_ema(ema, params, jnp.int32(100), config)
+    first = steps.update_ema(ema, params, jnp.int32(100), settings)
     np.testing.assert_allclose(first["encoder"]["w"], 9.0, rtol=1e-6)
     np.testing.assert_allclose(first["decoder"]["b"], 0.9, rtol=1e-6)
     # Ten full steps in: decay 11/20; late in the run: the configured 0.9.
-    tenth = steps.update_ema(ema, params, jnp.int32(110), config)
+    tenth = steps.update_ema(ema, params, jnp.int32(110), settings)
     np.testing.assert_allclose(tenth["encoder"]["w"], 10.0 * 9 / 20, rtol=1e-6)
-    late = steps.update_ema(ema, params, jnp.int32(5000), config)
+    late = steps.update_ema(ema, params, jnp.int32(5000), settings)
     np.testing.assert_allclose(late["encoder"]["w"], 1.0, rtol=1e-6)
     assert sorted(late) == ["decoder", "encoder"]  # only the averaged networks
-    assert steps.update_ema({}, params, jnp.int32(5000), config) == {}  # averaging off
+    assert steps.update_ema({}, params, jnp.int32(5000), settings) == {}  # averaging off
 
 
 @pytest.mark.parametrize("decay, kept", [(0.0, []), (0.99, ["decoder", "encoder"])])
 def test_create_state_keeps_averages_of_encoder_and_decoder_only_when_asked(
-    config, networks, decay, kept
+    settings, networks, decay, kept
 ):
-    config = config.copy_and_resolve_references()
-    config.train.ema_decay = decay
-    optimizers = state_lib.build_optimizers(config)
+    settings = _replace(settings, "train", ema_decay=decay)
+    optimizers = state_lib.build_optimizers(settings)
     state = jax.eval_shape(
-        lambda: state_lib.create_state(jax.random.key(0), networks, optimizers, config)
+        lambda: state_lib.create_state(jax.random.key(0), networks, optimizers, settings)
     )
     assert sorted(state.ema_params) == kept
     merged = state_lib.inference_params(state)
@@ -338,40 +362,59 @@ def test_create_state_keeps_averages_of_encoder_and_decoder_only_when_asked(
         assert merged[name] is state.ema_params[name]
 
 
-@pytest.mark.parametrize("decay", [1.0, -0.1])
-def test_ema_decay_out_of_range_is_refused(config, decay):
-    config = config.copy_and_resolve_references()
-    config.train.ema_decay = decay
-    with pytest.raises(ValueError, match="train.ema_decay must be in"):
-        state_lib.ema_decay(config)
+@pytest.mark.parametrize("decay", [1.0, -0.1, 1.5])
+def test_ema_decay_out_of_range_is_refused(decay):
+    with pytest.raises(settings_lib.SettingsError, match=r"train.ema_decay must be in \[0, 1\)"):
+        tiny_settings(**{"train.ema_decay": decay})
 
 
-def test_generator_share_takes_every_mth_image_and_checks_the_sizes(config):
-    config = config.copy_and_resolve_references()
-    batch = {"image": np.arange(16), "identity": np.arange(16) // 4}
-    config.train.global_batch_size, config.train.generator_batch_size = 16, None
-    assert steps.generator_batch_size(config) == 16
-    assert steps.generator_share(batch, config) is batch
-    config.train.generator_batch_size = 4  # one photo of each of the 4 people
-    np.testing.assert_array_equal(steps.generator_share(batch, config)["image"], [0, 4, 8, 12])
-    np.testing.assert_array_equal(steps.generator_share(batch, config)["identity"], [0, 1, 2, 3])
-    for bad in (0, 5, 32):
-        config.train.generator_batch_size = bad
-        with pytest.raises(ValueError, match="generator_batch_size .* must divide"):
-            steps.generator_batch_size(config)
-
-
-def test_generator_trains_on_its_share_and_the_classifier_on_the_whole_batch(config, networks):
-    config = config.copy_and_resolve_references()
-    config.train.global_batch_size, config.train.generator_batch_size = 16, 8
-    optimizers = state_lib.build_optimizers(config)
-    state = fast_jit(lambda r: state_lib.create_state(r, networks, optimizers, config))(
-        jax.random.key(0)
+def test_learning_rate_schedule_warms_up_then_decays(settings):
+    """Linear from 0 over optim.warmup_steps (2 in the tiny config), the peak, then a
+    cosine down to decay_to (0.1) of the peak at train.num_steps (6)."""
+    schedule = state_lib.learning_rate_schedule(settings)
+    peak = settings.optim.learning_rate
+    assert (settings.optim.warmup_steps, settings.train.num_steps) == (2, 6)
+    np.testing.assert_allclose(
+        [float(schedule(s)) for s in (0, 1, 2, 4, 6, 100)],
+        [0.0, peak / 2, peak, peak * (0.1 + 0.9 * 0.5), peak * 0.1, peak * 0.1],
+        rtol=1e-5,
     )
-    batch = _synthetic_batches(NUM_IDENTITIES, config.data.image_size, batch=16, count=1)[0]
+
+
+def test_generator_share_takes_every_mth_image_and_checks_the_sizes():
+    batch = {"image": np.arange(16), "identity": np.arange(16) // 4}
+    whole = tiny_settings(**{"train.global_batch_size": 16, "train.generator_batch_size": None})
+    assert whole.train.generator_images == 16
+    assert objectives.generator_share(batch, whole) is batch
+    # One photo of each of the 4 people.
+    share = tiny_settings(**{"train.global_batch_size": 16, "train.generator_batch_size": 4})
+    assert share.train.generator_images == 4
+    np.testing.assert_array_equal(objectives.generator_share(batch, share)["image"], [0, 4, 8, 12])
+    np.testing.assert_array_equal(objectives.generator_share(batch, share)["identity"], [0, 1, 2, 3])
+    for bad in (5, 32, -4):
+        with pytest.raises(
+            settings_lib.SettingsError,
+            match=r"train.generator_batch_size must be a divisor of train.global_batch_size",
+        ):
+            tiny_settings(**{"train.global_batch_size": 16, "train.generator_batch_size": bad})
+
+
+def test_a_zero_generator_batch_size_is_refused():
+    """0 images for G is a mistake, not "the whole batch" (that is None)."""
+    with pytest.raises(
+        settings_lib.SettingsError,
+        match=r"train.generator_batch_size must be a divisor of train.global_batch_size",
+    ):
+        tiny_settings(**{"train.global_batch_size": 16, "train.generator_batch_size": 0})
+
+
+def test_generator_trains_on_its_share_and_the_classifier_on_the_whole_batch(networks, params):
+    settings = tiny_settings(**{"train.global_batch_size": 16, "train.generator_batch_size": 8})
+    optimizers, state = _fresh_state(settings, params)
+    batch = _synthetic_batches(NUM_IDENTITIES, settings.data.image_size, batch=16, count=1)[0]
     batch["identity"] = np.repeat(np.arange(4), 4).astype(np.int32)  # 4 people x 4 photos
     base_rng = jax.random.key(7)
-    train_step = fast_jit(steps.make_train_step(networks, optimizers, config, base_rng))
+    train_step = fast_jit(steps.make_train_step(networks, optimizers, settings, base_rng))
     _, metrics = train_step(state, batch)
 
     # The same losses by hand: G on every second image, C's real-image terms on all 16.
@@ -379,14 +422,22 @@ def test_generator_trains_on_its_share_and_the_classifier_on_the_whole_batch(con
     share = {k: v[::2] for k, v in batch.items()}
     generator = {k: state.params[k] for k in state_lib.GENERATOR_NETWORKS}
     frozen = {k: v for k, v in state.params.items() if k not in generator}
-    key = steps.sample_keys(rng, 8, config)
-    g_total, _ = steps.generator_loss(
-        generator, frozen, networks, share, key, state.step, config, jax.random.fold_in(rng, 2)
-    )
+
+    @fast_jit
+    def by_hand(state, batch, share):
+        key = objectives.sample_keys(rng, 8, settings)
+        g_total, _ = objectives.generator_loss(
+            generator, frozen, networks, share, key, state.step, settings,
+            jax.random.fold_in(rng, 2),
+        )  # fmt: skip
+        classifier = state.params["classifier"]
+        c_rng = jax.random.fold_in(rng, 1)
+        whole = objectives.classifier_loss(classifier, networks, batch, settings, c_rng)
+        part = objectives.classifier_loss(classifier, networks, share, settings, c_rng)
+        return g_total, whole, part
+
+    g_total, whole, part = by_hand(state, batch, share)
     np.testing.assert_allclose(metrics["loss/g_total"], g_total, rtol=1e-4)
-    classifier = state.params["classifier"]
-    whole = steps.classifier_loss(classifier, networks, batch, config, jax.random.fold_in(rng, 1))
-    part = steps.classifier_loss(classifier, networks, share, config, jax.random.fold_in(rng, 1))
     got = float(metrics["loss/c_contrastive"])
     np.testing.assert_allclose(got, whole[1][0]["c_contrastive"], rtol=1e-4)
     assert abs(got - float(part[1][0]["c_contrastive"])) > 1e-3
@@ -423,40 +474,30 @@ def _error(fn):
 
 
 def _sharded_worker() -> dict:
-    """Runs NUM_STEPS train steps on each mesh from the same state and batches."""
+    """Runs NUM_STEPS train steps on each mesh from the same state and batches, each
+    with the trainer's own set-up (training_setup.build)."""
     devices = jax.devices()
     assert len(devices) == 8, devices
-    config = tiny_config.get_config()
-    config.train.classifier_warmup_steps = 0  # Full steps from step 0: every network moves.
-    networks = state_lib.build_networks(config, NUM_IDENTITIES)
-    optimizers = state_lib.build_optimizers(config)
-    init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-    create = lambda: state_lib.create_state(init_rng, networks, optimizers, config)
-    abstract = jax.eval_shape(create)
-    initial = jax.device_get(fast_jit(create)())
-    batches = _synthetic_batches(NUM_IDENTITIES, config.data.image_size)
-    runs = {}
+    # Full steps from step 0: every network moves.
+    settings = tiny_settings(**{"train.classifier_warmup_steps": 0})
+    batches = _synthetic_batches(NUM_IDENTITIES, settings.data.image_size)
+    fast = {"compiler_options": {"xla_backend_optimization_level": 0}}
+    initial, runs = None, {}
     for name, count, fsdp in MESHES:
-        start = time.perf_counter()
-        config.mesh.fsdp = fsdp
-        mesh = sharding.make_mesh(config.mesh, devices[:count])
-        sharding.check_batch_size(config.train.global_batch_size, mesh)
-        state_sharding = sharding.state_shardings(abstract, mesh)
-        batch_sharding = sharding.batch_sharding(mesh)
-        if fsdp > 1:  # created already sharded, as train.py does
-            state = fast_jit(create, out_shardings=state_sharding)()
+        mesh = sharding.make_mesh(settings_lib.Mesh(data=-1, fsdp=fsdp), devices[:count])
+        setup = training_setup.build(settings, mesh)
+        if initial is None:  # one device: the reference state
+            state = setup.create_state()
+            initial, created_diff = jax.device_get(state), 0.0
+        elif fsdp > 1:  # created already sharded, as train.py does
+            state = setup.create_state()
             created_diff = max(map(_max_abs, jax.tree.leaves(initial), jax.tree.leaves(state)))
         else:
-            state, created_diff = jax.device_put(initial, state_sharding), 0.0
-        train_step = fast_jit(
-            steps.make_train_step(networks, optimizers, config, step_rng),
-            in_shardings=(state_sharding, batch_sharding),
-            out_shardings=(state_sharding, sharding.replicated(mesh)),
-            donate_argnums=0,
-        )
+            state, created_diff = jax.device_put(initial, setup.state_sharding), 0.0
+        train_step = setup.train_step(**fast)
         metrics = []
         for batch in batches:
-            batch = sharding.global_batch(batch, batch_sharding)
+            batch = setup.global_batch(batch)
             state, step_metrics = train_step(state, batch)
             metrics.append({k: float(v) for k, v in step_metrics.items()})
         sharded_leaves = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(state))
@@ -467,16 +508,14 @@ def _sharded_worker() -> dict:
             sharded_leaves=sharded_leaves,
             batch_shards=batch["image"].shape[0]
             // batch["image"].sharding.shard_shape(batch["image"].shape)[0],
-            seconds=time.perf_counter() - start,
         )
-        print(f"{name}: {runs[name]['seconds']:.1f} s", file=sys.stderr, flush=True)
+        print(f"{name}: done", file=sys.stderr, flush=True)
 
     reference = runs["one_device"]
     report = {"runs": {}}
     for name, run in runs.items():
         ref_params, params = reference["state"].params, run["state"].params
         entry = dict(
-            seconds=run["seconds"],
             created_diff=run["created_diff"],
             sharded_leaves=run["sharded_leaves"],
             batch_shards=run["batch_shards"],
@@ -525,24 +564,27 @@ def _sharded_worker() -> dict:
                 entry[f"{which}_rel_diff"][n] = max(map(_max_abs, ref, got)) / scale
         report["runs"][name] = entry
 
-    mesh8 = sharding.make_mesh(tiny_config.get_config().mesh, devices)
-    bad_mesh = lambda data, fsdp: lambda: sharding.make_mesh(_mesh_config(data, fsdp), devices)
+    mesh8 = sharding.make_mesh(settings.mesh, devices)
+    batch12 = tiny_settings(**{"train.global_batch_size": 12})
+    share12 = tiny_settings(**{"train.global_batch_size": 24, "train.generator_batch_size": 12})
+    bad_mesh = lambda data, fsdp: lambda: sharding.make_mesh(_mesh(data, fsdp), devices)
     report["errors"] = dict(
         batch_12_on_8=_error(lambda: sharding.check_batch_size(12, mesh8)),
         batch_16_on_8=_error(lambda: sharding.check_batch_size(16, mesh8)),
+        setup_batch_12_on_8=_error(lambda: training_setup.build(batch12, mesh8)),
+        setup_share_12_on_8=_error(lambda: training_setup.build(share12, mesh8)),
         mesh_3x2=_error(bad_mesh(3, 2)),
         mesh_all_x3=_error(bad_mesh(-1, 3)),
         mesh_16x1=_error(bad_mesh(16, 1)),
         mesh_fsdp0=_error(bad_mesh(-1, 0)),
     )
-    report["good_mesh_2x4"] = dict(sharding.make_mesh(_mesh_config(2, 4), devices).shape)
+    report["good_mesh_2x4"] = dict(sharding.make_mesh(_mesh(2, 4), devices).shape)
     return report
 
 
-def _mesh_config(data, fsdp):
-    config = tiny_config.get_config().mesh
-    config.data, config.fsdp = data, fsdp
-    return config
+def _mesh(data, fsdp):
+    """A mesh section as written, unchecked (make_mesh must refuse the bad ones itself)."""
+    return settings_lib.Mesh(data=data, fsdp=fsdp)
 
 
 @pytest.fixture(scope="module")
@@ -552,7 +594,7 @@ def sharded_report():
     env["XLA_FLAGS"] = (
         env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     ).strip()
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
     result = subprocess.run(
         [sys.executable, __file__],
         env=env,
@@ -615,6 +657,13 @@ def test_batch_size_must_divide_the_mesh(sharded_report):
     errors = sharded_report["errors"]
     assert errors["batch_16_on_8"] is None
     assert "global_batch_size (12) must be divisible by the 8 devices" in errors["batch_12_on_8"]
+    # The trainer's set-up checks both the whole batch and G's share against the mesh.
+    assert "train.global_batch_size (12) must be divisible by the 8 devices" in (
+        errors["setup_batch_12_on_8"]
+    )
+    assert "train.generator_batch_size (12) must be divisible by the 8 devices" in (
+        errors["setup_share_12_on_8"]
+    )
 
 
 def test_impossible_meshes_raise(sharded_report):
@@ -629,7 +678,7 @@ def test_make_mesh_rejects_impossible_shapes_here():
     count = len(jax.devices())
     for data, fsdp in ((count + 1, 1), (-1, count + 1), (-1, 0), (0, 1)):
         with pytest.raises(ValueError, match=f"must use all {count} devices"):
-            sharding.make_mesh(_mesh_config(data, fsdp))
+            sharding.make_mesh(_mesh(data, fsdp))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
 """The training loop end to end, through `python -m sdn_jax.main` in subprocesses.
 
-Covers the workdir a run leaves (INTERFACES.md), not retraining a finished run, exact
-resumption after SIGKILL and after SIGTERM, skipping a corrupt newest checkpoint, stopping
-on a non-finite loss or state without checkpointing it, and bad input.
+Covers the workdir a run leaves (INTERFACES.md), not retraining a finished run, the
+classifier warm-up handing over to full steps, `--mode evaluate`, exact resumption after
+SIGKILL and after SIGTERM, skipping a corrupt newest checkpoint, stopping on a
+non-finite loss or state without checkpointing it, and bad input.
 
-Cost control (compiles dominate on a CPU): every subprocess shares one JAX persistent
-compilation cache and one prepared data folder (both per test module), so a run whose
-programs were compiled before only pays for start-up; and XLA's CPU backend runs without
-its expensive optimisations (`XLA_FLAGS`), which halves cold compiles of these tiny
-models while running them a little slower. Four train-step programs get compiled:
-`configs/tiny.py`'s, LONG's, and those of the two non-finite configs.
+Cost control (compiles dominate on a CPU): every subprocess shares the session's JAX
+persistent compilation cache and its prepared tiny dataset (conftest.py), so a run whose
+programs were compiled before only pays for start-up; the session's tiny run
+(`trained_run`) is the run whose workdir is checked here; and XLA's CPU backend runs
+without its expensive optimisations (`XLA_FLAGS`), which halves cold compiles of these
+tiny models while running them a little slower.
 """
 
 import json
@@ -29,9 +30,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
+from tiny_model import main_command, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ("--config", "configs/tiny.py")
 # Long enough to interrupt (the first checkpoint commits at step 4 of 40), samples only at
 # the end. Resumed and fallback runs repeat this exact command, so they compile nothing.
 END = 40
@@ -41,7 +42,6 @@ LONG = (
     "--config.train.log_every_steps=4",
     "--config.train.sample_every_steps=1000",
 )
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 TIMEOUT_S = 600
 
 
@@ -50,7 +50,6 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
-    seconds: float
 
 
 class Runner:
@@ -58,21 +57,10 @@ class Runner:
 
     def __init__(self, cache_dir: Path, data_dir: Path):
         self.data_dir = data_dir
-        self.env = dict(os.environ)
-        self.env.update(
-            JAX_PLATFORMS="cpu",
-            JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
-            XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {FAST_XLA}".strip(),
-            PYTHONUNBUFFERED="1",
-        )
+        self.env = subprocess_env(cache_dir)
 
     def command(self, workdir, *flags) -> list[str]:
-        command = [sys.executable, "-m", "sdn_jax.main", *TINY]
-        if workdir is not None:
-            command.append(f"--workdir={workdir}")
-        return [*command, f"--config.data.data_dir={self.data_dir}", *flags]
+        return main_command(workdir, self.data_dir, *flags)
 
     def start(self, log_prefix: Path, workdir, *flags, env=None) -> subprocess.Popen:
         """Output goes to files (no pipe to fill while the test polls the workdir)."""
@@ -85,7 +73,7 @@ class Runner:
                 stdout=out,
                 stderr=err,
             )
-        process.log_prefix, process.started = log_prefix, time.perf_counter()
+        process.log_prefix = log_prefix
         return process
 
     def finish(self, process: subprocess.Popen) -> Result:
@@ -95,13 +83,9 @@ class Runner:
             process.kill()
             process.wait()
             pytest.fail(f"{process.args} ran over {TIMEOUT_S} s")
-        seconds = time.perf_counter() - process.started
         prefix = process.log_prefix
         return Result(
-            process.returncode,
-            Path(f"{prefix}.out").read_text(),
-            Path(f"{prefix}.err").read_text(),
-            seconds,
+            process.returncode, Path(f"{prefix}.out").read_text(), Path(f"{prefix}.err").read_text()
         )
 
     def run(self, log_prefix: Path, workdir, *flags, env=None) -> Result:
@@ -109,8 +93,8 @@ class Runner:
 
 
 @pytest.fixture(scope="module")
-def runner(tmp_path_factory) -> Runner:
-    return Runner(tmp_path_factory.mktemp("jax_cache"), tmp_path_factory.mktemp("tfds"))
+def runner(jax_cache_dir, tiny_data_dir) -> Runner:
+    return Runner(jax_cache_dir, tiny_data_dir)
 
 
 def _ok(result: Result) -> Result:
@@ -186,11 +170,11 @@ def _error_line(stderr: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(runner, tmp_path_factory):
-    """`python -m sdn_jax.main --config configs/tiny.py --workdir W` (6 steps at 32 px)."""
-    base = tmp_path_factory.mktemp("tiny")
-    result = _ok(runner.run(base / "log", base / "run"))
-    return base / "run", result
+def tiny_run(trained_run_result):
+    """The session's `python -m sdn_jax.main --config configs/tiny.py --workdir W` (6 steps
+    at 32 px): its workdir and its result. Read only: tests that run it again copy it."""
+    workdir, done = trained_run_result
+    return workdir, Result(done.returncode, done.stdout, done.stderr)
 
 
 def test_tiny_run_leaves_the_documented_workdir(tiny_run):
@@ -228,11 +212,18 @@ def test_tiny_run_leaves_the_documented_workdir(tiny_run):
     assert "First step (compile + run)" in result.stderr
 
 
+def _tree_digest(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
 def test_a_finished_run_is_not_retrained(runner, tiny_run, tmp_path):
-    finished, first = tiny_run
+    finished, _ = tiny_run
     workdir = tmp_path / "run"
     shutil.copytree(finished, workdir)
     before = _metrics(workdir)
+    checkpoints = _tree_digest(workdir / "checkpoints")
+    samples = _tree_digest(workdir / "samples")
     again = _ok(runner.run(tmp_path / "log", workdir))
     after = _metrics(workdir)
     assert after[: len(before)] == before
@@ -240,8 +231,74 @@ def test_a_finished_run_is_not_retrained(runner, tiny_run, tmp_path):
     assert [(m["split"], m["step"]) for m in new] == [("eval", 6)]  # evaluated again, only
     assert "training already finished" in again.stderr
     assert "First step" not in again.stderr  # no train step compiled or run
+    assert "Training steps" not in again.stderr
     assert _committed_steps(workdir) == [3, 6]
-    assert again.seconds < first.seconds, (again.seconds, first.seconds)
+    # Nothing was trained, saved or drawn again: the checkpoints and samples are as they were.
+    assert _tree_digest(workdir / "checkpoints") == checkpoints
+    assert _tree_digest(workdir / "samples") == samples
+    # The evaluation's figures are the finished run's own (the same weights, the same faces).
+    evals = [m for m in after if m["split"] == "eval"]
+    assert evals[-1] == evals[0]
+
+
+@pytest.mark.slow
+def test_mode_evaluate_rewrites_the_heldout_summary(runner, tiny_run, tmp_path):
+    """`--mode evaluate` on a copy of the tiny run (full_report off): exit 0, no training,
+    eval/heldout_summary.json written again for the newest checkpoint."""
+    finished, _ = tiny_run
+    workdir = tmp_path / "run"
+    shutil.copytree(finished, workdir)
+    summary_path = workdir / "eval" / "heldout_summary.json"
+    original = json.loads(summary_path.read_text())
+    summary_path.unlink()
+    checkpoints = _tree_digest(workdir / "checkpoints")
+    result = _ok(runner.run(tmp_path / "log", workdir, "--mode", "evaluate"))
+    summary = json.loads(summary_path.read_text())
+    assert summary == original  # the same checkpoint (step 6) and faces: the same figures
+    assert summary["step"] == 6 and summary["split"] == "test" and summary["num_images"] > 0
+    assert "First step" not in result.stderr and "Training steps" not in result.stderr
+    assert _tree_digest(workdir / "checkpoints") == checkpoints
+    assert not (workdir / "eval" / "report.json").exists()  # tiny: full_report False
+    evals = [m for m in _metrics(workdir) if m["split"] == "eval"]
+    assert [m["step"] for m in evals] == [6, 6]
+
+
+@pytest.mark.slow
+def test_mode_evaluate_without_a_checkpoint_is_an_error(runner, tmp_path):
+    result = runner.run(tmp_path / "log", tmp_path / "run", "--mode", "evaluate")
+    assert result.returncode == 1
+    line = _error_line(result.stderr)
+    assert line.startswith("error: No checkpoint to evaluate in "), line
+
+
+@pytest.mark.slow
+def test_classifier_warmup_hands_over_to_full_steps(runner, tmp_path):
+    """Two C-only warm-up steps, then two full steps, in one run: the log shows both
+    phases and the hand-over, and the run finishes with every network's losses."""
+    workdir = tmp_path / "run"
+    result = _ok(
+        runner.run(
+            tmp_path / "log",
+            workdir,
+            "--config.train.classifier_warmup_steps=2",
+            "--config.train.num_steps=4",
+        )
+    )
+    train = _train_lines(workdir)
+    assert sorted(train) == [2, 4]  # log_every_steps 2
+    warmup, full = _losses(train[2]), _losses(train[4])
+    # Step 2 is C's warm-up: C's real-image losses only.
+    assert "loss/c_total" in warmup and "loss/c_contrastive" in warmup
+    for key in ("loss/g_total", "loss/d_total", "loss/recovery", "loss/club_fit"):
+        assert key not in warmup, key
+        assert key in full, key
+    assert "loss/c_adversarial" in full and "loss/c_adversarial" not in warmup
+    assert all(math.isfinite(v) for v in (*warmup.values(), *full.values()))
+    assert "Classifier warm-up done; training every network" in result.stderr
+    assert "(C warm-up)" in result.stderr
+    assert _committed_steps(workdir) == [3, 4]
+    state = _checkpoint_state(workdir, 4)
+    assert int(state["step"]) == 4
 
 
 # --- 2, 3, 5. Resuming ---------------------------------------------------------------------
@@ -269,6 +326,7 @@ def _assert_resumed_exactly(workdir: Path, reference: Path, resumed_from: int, r
     _assert_same_state(workdir, reference, END)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact(runner, long_run, tmp_path):
     workdir = tmp_path / "run"
     process = runner.start(tmp_path / "killed", workdir, *LONG)
@@ -295,6 +353,7 @@ def _garble_arrays(step_dir: Path) -> None:
         path.write_bytes(b"not a checkpoint" * 8)
 
 
+@pytest.mark.slow
 def test_a_corrupt_newest_checkpoint_is_skipped(runner, long_run, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(long_run, workdir)
@@ -307,6 +366,7 @@ def test_a_corrupt_newest_checkpoint_is_skipped(runner, long_run, tmp_path):
     _assert_resumed_exactly(workdir, long_run, END - 4, rerun)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_restart_continues(runner, long_run, tmp_path):
     workdir = tmp_path / "run"
     process = runner.start(tmp_path / "stopped", workdir, *LONG)
@@ -341,6 +401,7 @@ def _assert_stopped_on_nonfinite(workdir: Path, result: Result, bad_step: int, g
         assert np.isfinite(leaf).all(), jax.tree_util.keystr(path)
 
 
+@pytest.mark.slow
 def test_a_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(runner, tmp_path):
     # The warm-up gives step 1 a learning rate of 0 and step 2 one of 5e29: Adam's first
     # update moves every weight by about that much, so step 3's forward pass overflows.
@@ -360,6 +421,7 @@ def test_a_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(runne
     assert math.isfinite(train[1]["loss/g_total"])
 
 
+@pytest.mark.slow
 def test_a_nonfinite_update_after_a_finite_loss_is_not_checkpointed(runner, tmp_path):
     # Step 2's generator learning rate overflows to inf (5e37 x 1e10 in float32): its loss,
     # computed before the update, is finite, but the state it would save is not.
@@ -388,6 +450,7 @@ def test_a_missing_workdir_is_a_usage_error(runner, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_batch_that_the_devices_cannot_split_is_refused(runner, tmp_path):
     xla_flags = f"{runner.env['XLA_FLAGS']} --xla_force_host_platform_device_count=3"
     result = runner.run(
