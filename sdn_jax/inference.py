@@ -29,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from sdn_jax import keys
+from sdn_jax import passphrase as passphrase_lib
 from sdn_jax import state as state_lib
 from sdn_jax.checkpointing import STATE
 from sdn_jax.checkpointing import silence_failed_restore_noise as silence_restore_noise
@@ -56,10 +57,10 @@ class Key:
 
 
 def make_key(passphrase: str, choices: Mapping[str, bool], config) -> Key:
-    """The Key of a passphrase (scrypt, keys.password_bits) and {attribute: bool}."""
-    bits = keys.password_bits(passphrase, config.model.password_bits)
-    attributes = keys.attributes_to_vector(choices, config.model.key_attributes)
-    return Key(password=keys.bits_to_vector(bits), attributes=attributes)
+    """The Key of a passphrase (scrypt: sdn_jax.passphrase) and {attribute: bool}."""
+    bits = passphrase_lib.password_bits(passphrase, config.model.password_bits)
+    attributes = passphrase_lib.attributes_to_vector(choices, config.model.key_attributes)
+    return Key(password=passphrase_lib.bits_to_vector(bits), attributes=attributes)
 
 
 def generate(networks: dict, params: dict, images: jax.Array, condition: jax.Array) -> jax.Array:

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from sdn_jax import inference, keys
+from sdn_jax import passphrase as passphrase_lib
 from sdn_jax.evaluation import metrics
 from sdn_jax.evaluation import settings as eval_settings
 from sdn_jax.state import apply
@@ -420,7 +421,7 @@ def security_study(model, attacker, images, galleries, config, *, settings=None,
         "key_space_bits": k + num_attributes,
         "password_bits": k,
         "attribute_bits": num_attributes,
-        "kdf_seconds_per_guess": keys.kdf_seconds_per_guess(settings.kdf_repeats),
+        "kdf_seconds_per_guess": passphrase_lib.kdf_seconds_per_guess(settings.kdf_repeats),
         "right_key": figures(faces.right, faces.right, right_key=True),
         "anonymized": figures(anonymized, faces.right, right_key=False),
         "hamming": hamming,
