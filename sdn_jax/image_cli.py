@@ -28,7 +28,7 @@ import tqdm
 import sdn_jax
 from sdn_jax import image_files, inference
 from sdn_jax import passphrase as passphrase_lib
-from sdn_jax.samples import to_uint8
+from sdn_jax.images import from_uint8, to_uint8
 
 PASSWORD_ENV = "SDN_PASSWORD"
 MANIFEST = "manifest.json"
@@ -287,7 +287,7 @@ def _process(items, model, key, args, transform, fit: str | None) -> None:
                 except image_files.ImageError as error:
                     fail(item, str(error))
             if loaded:
-                outputs = to_uint8(transform(model, image_files.to_unit_range(pixels), key))
+                outputs = to_uint8(transform(model, from_uint8(pixels), key))
                 for item, pixels_out in zip(loaded, outputs):
                     path = os.path.join(args.output, item.output)
                     try:

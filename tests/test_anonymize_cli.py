@@ -23,7 +23,7 @@ from test_image_files import raw_png
 
 from sdn_jax import anonymize, deanonymize, image_cli, image_files, inference
 from sdn_jax.evaluation.heldout import psnr
-from sdn_jax.samples import to_uint8
+from sdn_jax.images import from_uint8, to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSPHRASE = "correct horse battery staple ü"  # also not ASCII
@@ -180,7 +180,7 @@ def test_round_trip_through_files_matches_the_model(anonymized, recovered, photo
     assert "skipped" not in result.err  # the input folder's manifest.json is expected there
     originals = _fitted_originals(photos, _manifest(out))
     names = list(originals)
-    x = image_files.to_unit_range(np.stack([originals[n] for n in names]))
+    x = from_uint8(np.stack([originals[n] for n in names]))
     key = inference.make_key(PASSPHRASE, CHOICES, model.config)
 
     anonymized_files = np.stack([_pixels(out / n) for n in names])
@@ -189,11 +189,11 @@ def test_round_trip_through_files_matches_the_model(anonymized, recovered, photo
     assert np.abs(anonymized_files.astype(int) - originals[names[0]]).mean() > 0.5
 
     recovered_files = np.stack([_pixels(rec / n) for n in names])
-    expected = to_uint8(model.recover(image_files.to_unit_range(anonymized_files), key))
+    expected = to_uint8(model.recover(from_uint8(anonymized_files), key))
     assert np.abs(recovered_files.astype(int) - expected).max() <= 1
 
     in_memory = psnr(model.recover(model.anonymize(x, key), key), x).mean()
-    through_files = psnr(image_files.to_unit_range(recovered_files), x).mean()
+    through_files = psnr(from_uint8(recovered_files), x).mean()
     assert through_files >= in_memory - 0.5, (through_files, in_memory)
 
 

@@ -343,6 +343,8 @@ def render_faces(
     noise = np.take(_noise_bank(image_size), photo["noise_field"], axis=-1)
     painted += photo["noise_sigma"] * noise
     np.clip(painted, 0.0, 1.0, out=painted)
+    # [0, 1] -> uint8 rounding half up (+0.5, then truncation), not sdn_jax.images'
+    # half-to-even rounding of [-1, 1]: changing it would change every rendered face.
     painted *= 255.0
     painted += 0.5
     images = np.ascontiguousarray(painted.astype(np.uint8).transpose(3, 1, 2, 0))

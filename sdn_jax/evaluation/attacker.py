@@ -40,6 +40,7 @@ from sdn_jax.data import attributes as attr_lib
 from sdn_jax.evaluation import attacker_training, metrics
 from sdn_jax.evaluation import settings as eval_settings
 from sdn_jax.evaluation.recognizer_model import resize_to
+from sdn_jax.images import from_uint8, round_to_uint8
 
 log = logging.getLogger("sdn_jax")
 
@@ -194,7 +195,7 @@ def downsample_uint8(images: np.ndarray, size: int, chunk: int = 2048) -> np.nda
     out = []
     for start in range(0, len(images), chunk):
         x = np.asarray(resize_to(jnp.asarray(images[start : start + chunk], jnp.float32), size))
-        out.append(np.clip(np.round(x), 0, 255).astype(np.uint8))
+        out.append(round_to_uint8(x))
     return np.concatenate(out)
 
 
@@ -264,7 +265,7 @@ def train_attacker(train: dict, settings, key_attributes=()) -> Attacker:
         identity_seconds = time.time() - start
         attribute_params = attribute_future.result()
     attacker = Attacker(settings, identity_params, attribute_params, threshold=1.0)
-    calibration_images = attacker_training.to_float(train["images"][calibration])
+    calibration_images = from_uint8(train["images"][calibration])
     rates = attacker.calibrate(np.asarray(calibration_images), train["identities"][calibration])
     attacker.info = {
         **rates,

@@ -33,6 +33,7 @@ from sdn_jax.evaluation import outputs as outputs_lib
 from sdn_jax.evaluation import settings as eval_settings
 from sdn_jax.evaluation.outputs import OUTPUTS, SHOULD_MATCH
 from sdn_jax.evaluation.report_markdown import report_markdown
+from sdn_jax.images import from_uint8, to_unit
 
 log = logging.getLogger("sdn_jax")  # main.py shows it at INFO; absl is at WARNING
 
@@ -88,7 +89,7 @@ def probes_and_references(
 
     def load(index):
         records = [source[int(i)] for i in index]
-        images = np.stack([r["image"] for r in records]).astype(np.float32) / 127.5 - 1.0
+        images = from_uint8(np.stack([r["image"] for r in records]))
         return images, np.stack([np.asarray(r["attributes"], bool) for r in records])
 
     probes, probe_attributes = load(probe_index)
@@ -137,10 +138,6 @@ def sdn_outputs(model: inference.Model, images: np.ndarray, key: dict, batch_siz
         for name, value in result.items():
             collected.setdefault(name, []).append(value[:n])
     return {name: np.concatenate(parts) for name, parts in collected.items()}
-
-
-def to_unit(images: np.ndarray) -> np.ndarray:
-    return (np.asarray(images, np.float32) + 1.0) / 2.0
 
 
 def edge_map_linkage(anonymized: np.ndarray, originals: np.ndarray) -> float:

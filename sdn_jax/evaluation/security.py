@@ -41,6 +41,7 @@ from sdn_jax import inference, keys
 from sdn_jax import passphrase as passphrase_lib
 from sdn_jax.evaluation import metrics
 from sdn_jax.evaluation import settings as eval_settings
+from sdn_jax.images import from_uint8, to_uint8, to_unit
 from sdn_jax.state import apply
 
 log = logging.getLogger("sdn_jax")  # main.py shows it at INFO; absl is at WARNING
@@ -176,16 +177,6 @@ def recover_with_many_keys(model, image, password, attributes, keys_per_call: in
 # ------------------------------------------------------------- copies of an image
 
 
-def to_uint8(images) -> np.ndarray:
-    """Float [-1, 1] -> uint8, as an 8-bit image file stores it."""
-    return np.clip(np.round((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def to_float(images) -> np.ndarray:
-    """uint8 -> float32 [-1, 1], as the input pipeline scales images."""
-    return np.asarray(images).astype(np.float32) / 127.5 - 1.0
-
-
 def _through_pillow(images: np.ndarray, save) -> np.ndarray:
     """Each uint8 image saved to memory by `save(image, file)` and decoded again."""
     copies = []
@@ -224,7 +215,7 @@ def resized_copies(images: np.ndarray, factor: int) -> np.ndarray:
 
 def _psnr(images, originals) -> np.ndarray:
     """Per-image PSNR (dB) of [-1, 1] images on the [0, 1] scale, capped at MAX_PSNR."""
-    value = metrics.psnr((np.asarray(images) + 1) / 2, (np.asarray(originals) + 1) / 2)
+    value = metrics.psnr(to_unit(images), to_unit(originals))
     return np.minimum(np.asarray(value, np.float64), MAX_PSNR)
 
 
@@ -318,7 +309,7 @@ def recompression_study(faces: _Faces, settings) -> dict:
     copies[f"resize{factor}x"] = resized_copies(anonymized, factor)
     rows = {}
     for name, copy in copies.items():
-        result = faces.recover(to_float(copy), faces.password, faces.attributes)
+        result = faces.recover(from_uint8(copy), faces.password, faces.attributes)
         rows[name] = figures(result, faces.right, right_key=True)
         rows[name]["psnr_drop_mean"] = float(np.mean(faces.right["psnr"] - result["psnr"]))
     faces.say("security: recovery from copies, PSNR %s",
@@ -388,7 +379,7 @@ def _prepare(model, attacker, images, galleries, settings, rng, say) -> _Faces:
     anonymized = transform(model, images, keys.ANONYMIZE, password, attributes, settings.batch_size)
     faces = _Faces(
         model=model, attacker=attacker, originals=images, galleries=galleries,
-        stored=to_float(png_copies(to_uint8(anonymized))), password=password,
+        stored=from_uint8(png_copies(to_uint8(anonymized))), password=password,
         attributes=attributes, batch_size=int(settings.batch_size), say=say,
     )  # fmt: skip
     faces.right = faces.recover(faces.stored, password, attributes)
