@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 from sdn_jax import keys
 from sdn_jax import passphrase as passphrase_lib
 from sdn_jax import state as state_lib
+from sdn_jax.batching import map_in_batches
 from sdn_jax.checkpointing import STATE
 from sdn_jax.checkpointing import silence_failed_restore_noise as silence_restore_noise
 
@@ -127,24 +128,13 @@ class Model:
             len(self.key_attributes),
         ):
             raise ValueError("the key was made for another model configuration")
-        outputs = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            padded = np.zeros((self.batch_size, size, size, 3), np.float32)
-            padded[: len(chunk)] = chunk
-            out = _transform(
-                self.networks["encoder"],
-                self.networks["decoder"],
-                self.params,
-                padded,
-                np.float32(direction),
-                key.password,
-                key.attributes,
-            )
-            outputs.append(np.asarray(out)[: len(chunk)])
-        if not outputs:
+        if not len(images):
             return np.zeros((0, size, size, 3), np.float32)
-        return np.concatenate(outputs)
+        encoder, decoder = self.networks["encoder"], self.networks["decoder"]
+        run = lambda x: _transform(
+            encoder, decoder, self.params, x, np.float32(direction), key.password, key.attributes
+        )
+        return map_in_batches(run, [images], self.batch_size)
 
 
 def read_config(path: str | os.PathLike) -> ml_collections.ConfigDict:

@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 
 import sdn_jax.data
+from sdn_jax.batching import map_in_batches
 from sdn_jax.data import attributes as attr_lib
 from sdn_jax.evaluation import attacker_training, metrics
 from sdn_jax.evaluation import settings as eval_settings
@@ -126,13 +127,7 @@ class Attacker:
         images = np.asarray(images, np.float32)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"Expected (N, H, W, 3) images in [-1, 1], got {images.shape}")
-        size = self.settings.batch_size
-        outputs = []
-        for start in range(0, max(len(images), 1), size):  # an empty input: one padded batch
-            chunk = images[start : start + size]
-            padding = np.zeros((size - len(chunk), *images.shape[1:]), np.float32)
-            outputs.append(np.asarray(fn(params, np.concatenate([chunk, padding])))[: len(chunk)])
-        return np.concatenate(outputs)
+        return map_in_batches(lambda x: fn(params, x), [images], self.settings.batch_size)
 
     def embed(self, images) -> np.ndarray:
         """(N, D) unit identity embeddings of float images in [-1, 1] (N, H, W, 3)."""

@@ -20,11 +20,11 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from sdn_jax import inference, keys
+from sdn_jax.batching import map_in_batches
 from sdn_jax.data import attributes as attr_lib
 from sdn_jax.data import pipeline
 from sdn_jax.evaluation import attacker as attacker_lib
@@ -126,18 +126,8 @@ def face_keys(count: int, config) -> dict:
 def sdn_outputs(model: inference.Model, images: np.ndarray, key: dict, batch_size: int) -> dict:
     """All outputs for all faces, in fixed-size batches (the last one padded)."""
     outputs_fn = jax.jit(outputs_lib.make_outputs_fn(model.networks))
-    collected = {}
-    for start in range(0, len(images), batch_size):
-        chunk = slice(start, start + batch_size)
-        n = len(images[chunk])
-        pad = lambda x: np.concatenate([x, np.repeat(x[-1:], batch_size - len(x), 0)])
-        batch_key = {k: jnp.asarray(pad(v[chunk])) for k, v in key.items()}
-        result = jax.device_get(
-            outputs_fn(model.params, jnp.asarray(pad(images[chunk])), batch_key)
-        )
-        for name, value in result.items():
-            collected.setdefault(name, []).append(value[:n])
-    return {name: np.concatenate(parts) for name, parts in collected.items()}
+    run = lambda x, *values: outputs_fn(model.params, x, dict(zip(key, values)))
+    return map_in_batches(run, [images, *key.values()], batch_size, pad="edge")
 
 
 def edge_map_linkage(anonymized: np.ndarray, originals: np.ndarray) -> float:

@@ -39,6 +39,7 @@ from PIL import Image
 
 from sdn_jax import inference, keys
 from sdn_jax import passphrase as passphrase_lib
+from sdn_jax.batching import map_in_batches
 from sdn_jax.evaluation import metrics
 from sdn_jax.evaluation import settings as eval_settings
 from sdn_jax.images import from_uint8, to_uint8, to_unit
@@ -140,38 +141,24 @@ def _recover_one_many_keys(encoder, decoder, params, image, password, attributes
     return apply(decoder, params["decoder"], latent, condition, inputs)
 
 
-def _padded(array: np.ndarray, size: int) -> np.ndarray:
-    """Rows padded with zeros to `size`: every call runs one compiled shape."""
-    pad = np.zeros((size - len(array), *array.shape[1:]), np.float32)
-    return np.concatenate([np.asarray(array, np.float32), pad])
-
-
 def transform(model, images, direction, password, attributes, batch_size: int) -> np.ndarray:
     """Anonymize (keys.ANONYMIZE) or recover (keys.RECOVER) each row under its own key."""
-    networks, outputs = model.networks, []
-    for start in range(0, len(images), batch_size):
-        rows = slice(start, min(start + batch_size, len(images)))
-        x, p, a = (_padded(array[rows], batch_size) for array in (images, password, attributes))
-        out = _generate(
-            networks["encoder"], networks["decoder"], model.params, x, np.float32(direction), p, a
-        )
-        outputs.append(np.asarray(out)[: rows.stop - rows.start])
-    return np.concatenate(outputs)
+    networks, direction = model.networks, np.float32(direction)
+    run = lambda x, p, a: _generate(
+        networks["encoder"], networks["decoder"], model.params, x, direction, p, a
+    )
+    arrays = [np.asarray(x, np.float32) for x in (images, password, attributes)]
+    return map_in_batches(run, arrays, batch_size)  # one compiled shape
 
 
 def recover_with_many_keys(model, image, password, attributes, keys_per_call: int):
     """`image` (S, S, 3) recovered under each of the keys' rows: (num_keys, S, S, 3)."""
-    outputs = []
-    for start in range(0, len(password), keys_per_call):
-        stop = min(start + keys_per_call, len(password))
-        out = _recover_one_many_keys(
-            model.networks["encoder"], model.networks["decoder"], model.params,
-            np.asarray(image, np.float32)[None],
-            _padded(password[start:stop], keys_per_call),
-            _padded(attributes[start:stop], keys_per_call),
-        )  # fmt: skip
-        outputs.append(np.asarray(out)[: stop - start])
-    return np.concatenate(outputs)
+    networks, image = model.networks, np.asarray(image, np.float32)[None]
+    run = lambda p, a: _recover_one_many_keys(
+        networks["encoder"], networks["decoder"], model.params, image, p, a
+    )
+    arrays = [np.asarray(x, np.float32) for x in (password, attributes)]
+    return map_in_batches(run, arrays, keys_per_call)
 
 
 # ------------------------------------------------------------- copies of an image
