@@ -22,11 +22,12 @@ tenth of faces a wrong key brings closest back; the 10th for the right key: the 
 recovered worst) and `fraction_failing`: for a wrong key the faces it gives back (within
 4 dB (WITHIN_DB) of the right key's PSNR, or verified as the person); for the right key the
 faces it loses (not verified, or more than 4 dB below the lossless recovery).
+
+The keys come from security_keys, the lossy copies from copies (sdn_jax.evaluation).
 """
 
 import dataclasses
 import functools
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -35,13 +36,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from sdn_jax import inference, keys
 from sdn_jax import passphrase as passphrase_lib
 from sdn_jax.batching import map_in_batches
 from sdn_jax.evaluation import metrics
 from sdn_jax.evaluation import settings as eval_settings
+from sdn_jax.evaluation.copies import jpeg_copies, png_copies, resized_copies
+from sdn_jax.evaluation.security_keys import (
+    attribute_flipped,
+    hamming_distances,
+    password_at_distance,
+    random_attack_keys,
+    right_keys,
+)
 from sdn_jax.images import from_uint8, to_uint8, to_unit
 from sdn_jax.state import apply
 
@@ -79,45 +87,6 @@ def settings_from_config(config, overrides=None) -> ml_collections.ConfigDict:
     if settings.num_faces < 1 or settings.num_random_keys < 1 or settings.keys_per_call < 1:
         raise ValueError("num_faces, num_random_keys and keys_per_call must be positive")
     return settings
-
-
-# ------------------------------------------------------------------------------ keys
-
-
-def right_keys(rng, num_faces: int, config) -> tuple[np.ndarray, np.ndarray]:
-    """One random (password, attributes) per face, {-0.5, +0.5}."""
-    rng_p, rng_a = jax.random.split(rng)
-    password = keys.random_passwords(rng_p, num_faces, config.model.password_bits)
-    attributes = keys.random_attributes(rng_a, num_faces, len(config.model.key_attributes))
-    return np.asarray(password), np.asarray(attributes)
-
-
-def hamming_distances(settings, password_bits: int) -> list[int]:
-    """The studied distances: the settings' plus 0, 1 and K/2, at most K, ascending."""
-    wanted = {int(d) for d in settings.hamming_distances} | {0, 1, password_bits // 2}
-    if min(wanted) < 0:
-        raise ValueError(f"hamming_distances must be >= 0, got {sorted(wanted)}")
-    return sorted(d for d in wanted if d <= password_bits)
-
-
-def password_at_distance(rng, password: np.ndarray, distance: int) -> np.ndarray:
-    """Each row of `password` with exactly `distance` distinct random bits flipped."""
-    return np.asarray(keys.flip_bits(rng, jnp.asarray(password), int(distance)))
-
-
-def attribute_flipped(attributes: np.ndarray, index: int) -> np.ndarray:
-    """The attribute choices with key attribute `index` flipped in every row."""
-    flipped = np.array(attributes, np.float32, copy=True)
-    flipped[:, index] = -flipped[:, index]
-    return flipped
-
-
-def random_attack_keys(rng, password: np.ndarray, count: int, num_attributes: int):
-    """`count` uniform random keys for one face; the password never the right one."""
-    rng_p, rng_a = jax.random.split(rng)
-    right = jnp.broadcast_to(jnp.asarray(password), (count, password.shape[-1]))
-    wrong = keys.wrong_passwords(rng_p, right, few_bits_fraction=0.0)  # all uniform
-    return np.asarray(wrong), np.asarray(keys.random_attributes(rng_a, count, num_attributes))
 
 
 # ------------------------------------------------------------------- SDN passes
@@ -159,42 +128,6 @@ def recover_with_many_keys(model, image, password, attributes, keys_per_call: in
     )
     arrays = [np.asarray(x, np.float32) for x in (password, attributes)]
     return map_in_batches(run, arrays, keys_per_call)
-
-
-# ------------------------------------------------------------- copies of an image
-
-
-def _through_pillow(images: np.ndarray, save) -> np.ndarray:
-    """Each uint8 image saved to memory by `save(image, file)` and decoded again."""
-    copies = []
-    for image in images:
-        buffer = io.BytesIO()
-        save(Image.fromarray(image), buffer)
-        buffer.seek(0)
-        with Image.open(buffer) as decoded:
-            copies.append(np.asarray(decoded.convert("RGB")))
-    return np.stack(copies)
-
-
-def png_copies(images: np.ndarray) -> np.ndarray:
-    return _through_pillow(images, lambda im, f: im.save(f, format="PNG"))
-
-
-def jpeg_copies(images: np.ndarray, quality: int) -> np.ndarray:
-    """Pillow JPEG at `quality` (its default chroma subsampling, 4:2:0 below 100)."""
-    return _through_pillow(images, lambda im, f: im.save(f, format="JPEG", quality=int(quality)))
-
-
-def resized_copies(images: np.ndarray, factor: int) -> np.ndarray:
-    """Down by `factor` and back up, bicubic both ways (Pillow), as a site's thumbnail."""
-    size = images.shape[1]
-    small = max(1, size // int(factor))
-
-    def save(image, file):
-        bicubic = Image.Resampling.BICUBIC
-        image.resize((small, small), bicubic).resize((size, size), bicubic).save(file, "PNG")
-
-    return _through_pillow(images, save)
 
 
 # ---------------------------------------------------------------------- figures
