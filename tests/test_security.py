@@ -18,7 +18,7 @@ from configs import tiny
 from sdn_jax import inference, keys
 from sdn_jax.data import synth as synth_faces
 from sdn_jax.evaluation import attacker as attacker_lib
-from sdn_jax.evaluation import attacker_training, security, security_plot
+from sdn_jax.evaluation import attacker_training, security, security_keys, security_plot
 
 SMALL = dict(
     num_faces=12,
@@ -76,25 +76,26 @@ def study(model):
     [(16, [0, 1, 2, 4, 8, 16]), (64, [0, 1, 2, 4, 8, 16, 32]), (8, [0, 1, 2, 4, 8])],
 )
 def test_hamming_keys_are_exactly_at_the_stated_distance(num_bits, expected):
-    distances = security.hamming_distances(security.default_settings(), num_bits)
+    distances = security_keys.hamming_distances(security.default_settings(), num_bits)
     assert distances == expected  # 0, 1 and K/2 always; none above K
     right = np.asarray(keys.random_passwords(jax.random.key(0), 50, num_bits))
     for d in distances:
-        wrong = security.password_at_distance(jax.random.key(d), right, d)
+        wrong = security_keys.password_at_distance(jax.random.key(d), right, d)
         assert set(np.unique(wrong)) <= {-0.5, 0.5}
         np.testing.assert_array_equal(np.asarray(keys.hamming_distance(wrong, right)), d)
         if 0 < d < num_bits:  # the flipped positions differ from face to face
             assert len({tuple(row) for row in (wrong != right)}) > 1
-    np.testing.assert_array_equal(security.password_at_distance(jax.random.key(1), right, 0), right)
+    unchanged = security_keys.password_at_distance(jax.random.key(1), right, 0)
+    np.testing.assert_array_equal(unchanged, right)
 
 
 def test_attribute_flips_and_random_attack_keys():
     attributes = np.asarray(keys.random_attributes(jax.random.key(1), 5, 4))
     for index in range(4):
-        flipped = security.attribute_flipped(attributes, index)
+        flipped = security_keys.attribute_flipped(attributes, index)
         np.testing.assert_array_equal(flipped != attributes, np.eye(4, dtype=bool)[[index] * 5])
     right = np.full(16, 0.5, np.float32)
-    password, attributes = security.random_attack_keys(jax.random.key(2), right, 300, 2)
+    password, attributes = security_keys.random_attack_keys(jax.random.key(2), right, 300, 2)
     assert password.shape == (300, 16) and attributes.shape == (300, 2)
     assert np.all(np.asarray(keys.hamming_distance(password, right[None])) >= 1)
     assert 5 < np.mean(np.sum(password != right, axis=-1)) < 11  # uniform: about 8 of 16
@@ -102,7 +103,8 @@ def test_attribute_flips_and_random_attack_keys():
 
 def test_one_face_many_keys_equals_the_per_face_path(model):
     probes, _ = _faces(1)
-    password, attributes = security.random_attack_keys(jax.random.key(3), np.full(16, -0.5), 5, 2)
+    right = np.full(16, -0.5)
+    password, attributes = security_keys.random_attack_keys(jax.random.key(3), right, 5, 2)
     many = security.recover_with_many_keys(model, probes[0], password, attributes, 4)
     one_by_one = security.transform(
         model, np.repeat(probes, 5, axis=0), keys.RECOVER, password, attributes, 8
