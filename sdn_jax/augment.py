@@ -3,6 +3,8 @@
 import jax
 import jax.numpy as jnp
 
+from sdn_jax.images import from_unit, to_unit
+
 
 def damage_patch(key: jax.Array, images: jax.Array, probability: float) -> jax.Array:
     """Overwrites a random box around the face centre in `probability` of the images.
@@ -47,7 +49,7 @@ def recolour(key: jax.Array, images: jax.Array, probability: float) -> jax.Array
     """
     b, h, w, _ = images.shape
     k = jax.random.split(key, 7)
-    x = (images + 1.0) / 2.0
+    x = to_unit(images)
     y = jnp.einsum("bhwc,bdc->bhwd", x, _hue_rotation(jax.random.uniform(k[0], (b,)) * 2 * jnp.pi))
     y = y * jnp.exp(jax.random.uniform(k[1], (b, 1, 1, 3), minval=-0.5, maxval=0.5))
     y = y * jnp.exp(jax.random.uniform(k[2], (b, 1, 1, 1), minval=-0.7, maxval=0.25))
@@ -58,4 +60,4 @@ def recolour(key: jax.Array, images: jax.Array, probability: float) -> jax.Array
     everywhere = jax.random.bernoulli(k[5], 0.5, (b, 1, 1, 1))
     chosen = jax.random.bernoulli(k[6], probability, (b, 1, 1, 1))
     weight = jnp.where(everywhere, 1.0, region) * chosen
-    return (x + weight * (y - x)) * 2.0 - 1.0
+    return from_unit(x + weight * (y - x))

@@ -26,8 +26,9 @@ import time
 import tqdm
 
 import sdn_jax
-from sdn_jax import image_files, inference, keys
-from sdn_jax.samples import to_uint8
+from sdn_jax import image_files, inference
+from sdn_jax import passphrase as passphrase_lib
+from sdn_jax.images import from_uint8, to_uint8
 
 PASSWORD_ENV = "SDN_PASSWORD"
 MANIFEST = "manifest.json"
@@ -142,7 +143,7 @@ def parse_attributes(text: str, key_attributes) -> dict[str, bool]:
     """--attributes for this run's key attributes; omitted ones are False."""
     defaults = {name: False for name in key_attributes}
     try:
-        return keys.parse_attribute_choices(text, key_attributes, defaults)
+        return passphrase_lib.parse_attribute_choices(text, key_attributes, defaults)
     except ValueError as error:
         raise UsageError(f"--attributes: {error}") from None
 
@@ -250,7 +251,7 @@ def _prepare(args, anonymizing: bool) -> tuple[inference.Model, inference.Key, d
     model = _load_model(args)
     try:
         key = inference.make_key(passphrase, choices, model.model_settings)
-    except ValueError as error:  # keys.py's messages hold nothing of the passphrase
+    except ValueError as error:  # passphrase.py's messages hold nothing of the passphrase
         raise UsageError(str(error)) from None
     _make_output(args.output)
     return model, key, choices
@@ -286,7 +287,7 @@ def _process(items, model, key, args, transform, fit: str | None) -> None:
                 except image_files.ImageError as error:
                     fail(item, str(error))
             if loaded:
-                outputs = to_uint8(transform(model, image_files.to_unit_range(pixels), key))
+                outputs = to_uint8(transform(model, from_uint8(pixels), key))
                 for item, pixels_out in zip(loaded, outputs):
                     path = os.path.join(args.output, item.output)
                     try:
@@ -302,7 +303,7 @@ def _write_manifest(args, model, choices, items, anonymizing) -> None:
     manifest = {
         "tool": "sdn_jax.anonymize" if anonymizing else "sdn_jax.deanonymize",
         "version": sdn_jax.__version__,
-        "kdf_version": keys.KDF_VERSION,
+        "kdf_version": passphrase_lib.KDF_VERSION,
         "run": model.source,
         "step": model.step,
         "image_size": model.image_size,
@@ -351,9 +352,9 @@ def _warn_about_input_manifests(inputs, model, choices) -> None:
                 "other attributes recover other faces",
                 file=sys.stderr,
             )
-        if recorded.get("kdf_version", keys.KDF_VERSION) != keys.KDF_VERSION:
+        if recorded.get("kdf_version", passphrase_lib.KDF_VERSION) != passphrase_lib.KDF_VERSION:
             print(
                 f"warning: {where} was written with key derivation version "
-                f"{recorded['kdf_version']}; this is version {keys.KDF_VERSION}",
+                f"{recorded['kdf_version']}; this is version {passphrase_lib.KDF_VERSION}",
                 file=sys.stderr,
             )

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from sdn_jax.images import round_to_uint8
+
 SUPPORTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF")  # MPO: phones' JPEGs
 # Files with these suffixes are taken from folders; a file named on the command line is
 # tried whatever its name.
@@ -112,7 +114,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in _SIXTEEN_BIT_MODES:
         # Pillow's convert() clips 16-bit values at 255 instead of scaling them.
         values = np.asarray(image).astype(np.float64) / 257.0
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+        image = Image.fromarray(round_to_uint8(values), "L")
     if "A" in image.mode or "a" in image.mode or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
@@ -227,8 +229,3 @@ def assign_outputs(items: Sequence[Item], output_dir: str | os.PathLike) -> None
             n += 1
         used.add(name.casefold())
         item.output = name
-
-
-def to_unit_range(pixels: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 in [-1, 1], as the model sees images (and as training scaled them)."""
-    return np.asarray(pixels, np.float32) / 127.5 - 1.0

@@ -6,9 +6,9 @@
     original = model.recover(anonymized, key)
 
 Only E's and G's parameters are read from the checkpoint (an Orbax partial restore), so
-neither the training data nor the optimiser states are needed. Nothing is renamed or written in the run's folder: an unusable
-checkpoint is an error, never a silent fall-back to an older step, because recovery only
-works with the very weights that anonymized.
+neither the training data nor the optimiser states are needed. Nothing is renamed or
+written in the run's folder: an unusable checkpoint is an error, never a silent fall-back
+to an older step, because recovery only works with the very weights that anonymized.
 
 Secrecy: the key goes into the compiled function as an argument, never as a constant, so
 it is not part of any compiled program or compilation cache; a Key's repr hides it.
@@ -26,13 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sdn_jax import keys
-from sdn_jax import config_upgrade
+from sdn_jax import config_upgrade, keys
+from sdn_jax import passphrase as passphrase_lib
 from sdn_jax import settings as settings_lib
 from sdn_jax import state as state_lib
-from sdn_jax.models import sdn
+from sdn_jax.batching import map_in_batches
 from sdn_jax.checkpointing import STATE
 from sdn_jax.checkpointing import silence_failed_restore_noise as silence_restore_noise
+from sdn_jax.models import sdn
 
 DEFAULT_BATCH_SIZE = 16
 CONFIG_FILE = "config.json"
@@ -64,10 +65,10 @@ class RunConfig:
 
 
 def make_key(passphrase: str, choices: Mapping[str, bool], model: settings_lib.Model) -> Key:
-    """The Key of a passphrase (scrypt, keys.password_bits) and {attribute: bool}."""
-    bits = keys.password_bits(passphrase, model.password_bits)
-    attributes = keys.attributes_to_vector(choices, model.key_attributes)
-    return Key(password=keys.bits_to_vector(bits), attributes=attributes)
+    """The Key of a passphrase (scrypt: sdn_jax.passphrase) and {attribute: bool}."""
+    bits = passphrase_lib.password_bits(passphrase, model.password_bits)
+    attributes = passphrase_lib.attributes_to_vector(choices, model.key_attributes)
+    return Key(password=passphrase_lib.bits_to_vector(bits), attributes=attributes)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -130,24 +131,13 @@ class Model:
             len(self.key_attributes),
         ):
             raise ValueError("the key was made for another model configuration")
-        outputs = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            padded = np.zeros((self.batch_size, size, size, 3), np.float32)
-            padded[: len(chunk)] = chunk
-            out = _transform(
-                self.networks["encoder"],
-                self.networks["decoder"],
-                self.params,
-                padded,
-                np.float32(direction),
-                key.password,
-                key.attributes,
-            )
-            outputs.append(np.asarray(out)[: len(chunk)])
-        if not outputs:
+        if not len(images):
             return np.zeros((0, size, size, 3), np.float32)
-        return np.concatenate(outputs)
+        encoder, decoder = self.networks["encoder"], self.networks["decoder"]
+        run = lambda x: _transform(
+            encoder, decoder, self.params, x, np.float32(direction), key.password, key.attributes
+        )
+        return map_in_batches(run, [images], self.batch_size)
 
 
 def read_config(path: str | os.PathLike) -> RunConfig:

@@ -7,13 +7,9 @@ import numpy as np
 from PIL import Image
 
 from sdn_jax.evaluation.heldout import OUTPUTS
+from sdn_jax.images import to_uint8
 
 COLUMNS = ("original", *OUTPUTS)
-
-
-def to_uint8(images) -> np.ndarray:
-    """[-1, 1] float images -> uint8."""
-    return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def sample_grid(original, outputs: dict, gap: int = 2) -> np.ndarray:

@@ -5,7 +5,6 @@ as in fully-sharded data parallelism). Parameters are replicated unless fsdp > 1
 """
 
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -13,7 +12,8 @@ from jax.sharding import PartitionSpec as P
 BATCH_AXES = ("data", "fsdp")
 
 
-def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
+def make_mesh(mesh_config, devices=None) -> Mesh:
+    """A (data, fsdp) mesh from `settings.mesh` over `devices` (default: all)."""
     devices = jax.devices() if devices is None else devices
     count, fsdp = len(devices), mesh_config.fsdp
     # fsdp < 1 must reach the ValueError below, not divide by zero here.

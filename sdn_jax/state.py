@@ -78,4 +78,3 @@ def inference_params(state: TrainState) -> dict:
 
 def parameter_counts(params: dict) -> dict[str, int]:
     return {name: sum(x.size for x in jax.tree.leaves(p)) for name, p in params.items()}
-

@@ -23,6 +23,7 @@ from sdn_jax import state as state_lib
 from sdn_jax.data import pipeline
 from sdn_jax.evaluation import heldout
 from sdn_jax.evaluation import outputs as outputs_lib
+from sdn_jax.images import from_uint8
 from sdn_jax.metric_writers import MetricWriter
 from sdn_jax.progress import Progress
 from sdn_jax.samples import write_samples
@@ -133,7 +134,7 @@ def initial_state(run: Run):
 def _fixed_eval_batch(source, count: int) -> np.ndarray:
     """The first `count` images of a split (the sample grid's rows, same every time)."""
     records = [source[i] for i in range(min(count, len(source)))]
-    return np.stack([r["image"] for r in records]).astype(np.float32) / 127.5 - 1.0
+    return from_uint8(np.stack([r["image"] for r in records]))
 
 
 def train(run: Run):

@@ -59,9 +59,7 @@ def build(settings: Settings, mesh: Mesh | None = None) -> TrainingSetup:
     """Everything a run needs before its first step; checks the batch fits the mesh."""
     mesh = sharding.make_mesh(settings.mesh) if mesh is None else mesh
     sharding.check_batch_size(settings.train.global_batch_size, mesh)
-    sharding.check_batch_size(
-        settings.train.generator_images, mesh, "train.generator_batch_size"
-    )
+    sharding.check_batch_size(settings.train.generator_images, mesh, "train.generator_batch_size")
     networks = sdn.build_networks(settings.model)
     optimizers = state_lib.build_optimizers(settings)
     init_rng, step_rng = jax.random.split(jax.random.key(settings.seed))

@@ -19,7 +19,7 @@ from sdn_jax.data import attributes as attr_lib
 from sdn_jax.data import synth as synth_faces
 from sdn_jax.evaluation import attacker as attacker_lib
 from sdn_jax.evaluation import attacker_training, metrics
-
+from sdn_jax.images import from_uint8
 
 SMALL = dict(
     input_size=32,
@@ -103,7 +103,7 @@ def tiny_attacker():
 
 def test_attacker_recognizes_people_in_new_photos(tiny_attacker):
     attacker, images, identities, _, held_out = tiny_attacker
-    embeddings = attacker.embed(attacker_training.to_float(images))
+    embeddings = attacker.embed(from_uint8(images))
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-4)
     # Identification of the 16 trained people (4 were held out for the threshold) from
     # photos it never saw, by the nearest mean embedding of their training photos.
@@ -143,7 +143,7 @@ def test_calibrate_fixes_both_thresholds_and_a_gallery_verifies_more(tiny_attack
 
 def test_attacker_attributes_beat_the_majority_guess(tiny_attacker):
     attacker, images, _, attributes, held_out = tiny_attacker
-    probabilities = attacker.attributes(attacker_training.to_float(images[held_out]))
+    probabilities = attacker.attributes(from_uint8(images[held_out]))
     assert probabilities.shape == (held_out.sum(), attr_lib.NUM_ATTRIBUTES)
     assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
     truth = attributes[held_out]
@@ -155,7 +155,7 @@ def test_attacker_attributes_beat_the_majority_guess(tiny_attacker):
 
 def test_embed_does_not_depend_on_the_batch(tiny_attacker):
     attacker, images, *_ = tiny_attacker
-    x = attacker_training.to_float(images[:70])  # more than one batch of 64, padded
+    x = from_uint8(images[:70])  # more than one batch of 64, padded
     together = attacker.embed(x)
     np.testing.assert_allclose(attacker.embed(x[65:67]), together[65:67], atol=1e-5)
     same = attacker.same_person(together[:3], together[:3])

@@ -255,7 +255,9 @@ def test_evaluate_run_writes_the_report_on_a_tiny_run(evaluated_run):
 
 
 @pytest.mark.slow
-def test_a_second_evaluation_loads_the_cached_attacker(evaluated_run, tiny_data_dir, tmp_path, caplog):
+def test_a_second_evaluation_loads_the_cached_attacker(
+    evaluated_run, tiny_data_dir, tmp_path, caplog
+):
     source, first, _ = evaluated_run
     run = tmp_path / "run"
     shutil.copytree(source, run)
@@ -266,8 +268,9 @@ def test_a_second_evaluation_loads_the_cached_attacker(evaluated_run, tiny_data_
     # The same attacker, weights and faces with their fixed keys: the same figures.
     for name in ("original", *evaluate.OUTPUTS):
         assert report[name]["identity_match_rate"] == first[name]["identity_match_rate"]
-        assert report[name]["psnr" if name != "original" else "fraction_failing"] == (
-            first[name]["psnr" if name != "original" else "fraction_failing"]
+        assert (
+            report[name]["psnr" if name != "original" else "fraction_failing"]
+            == (first[name]["psnr" if name != "original" else "fraction_failing"])
         )
     assert report["attacker"]["threshold"] == first["attacker"]["threshold"]
 

@@ -11,7 +11,7 @@ import pytest
 from tiny_model import tiny_settings
 
 from configs import tiny
-from sdn_jax import benchmark, inference, keys
+from sdn_jax import benchmark, inference, passphrase
 from sdn_jax.evaluation import outputs
 
 PASSPHRASE = "inference test passphrase"
@@ -64,8 +64,8 @@ def test_load_reads_the_moving_averages_the_run_kept(model, trained_run):
 
 
 def test_key_is_the_kdf_bits_and_attributes_and_its_repr_hides_them(model, key):
-    bits = keys.password_bits(PASSPHRASE, 16)
-    np.testing.assert_array_equal(keys.vector_to_bits(key.password), bits)
+    bits = passphrase.password_bits(PASSPHRASE, 16)
+    np.testing.assert_array_equal(passphrase.vector_to_bits(key.password), bits)
     np.testing.assert_array_equal(key.attributes, [0.5, -0.5])
     assert repr(key) == "Key(<secret>)" and str(key) == "Key(<secret>)"
 

@@ -1,6 +1,4 @@
-"""The key: passphrase KDF, bit/attribute vectors, and the right/wrong key samplers."""
-
-import logging
+"""The right/wrong key samplers and the decoder's condition vector."""
 
 import jax
 import jax.numpy as jnp
@@ -9,139 +7,10 @@ import pytest
 
 from sdn_jax import keys
 
-# scrypt(b"correct horse battery staple", salt=b"sdn-jax/password-key/v1", n=2**14, r=8, p=1),
-# first 32 bytes. If this changes, every image anonymized so far can no longer be recovered.
-PINNED_PASSPHRASE = "correct horse battery staple"
-PINNED_HEX = "d09589abb2e7235447e078738f65a500f83260054935a578fd41326d055424e0"
-
 KEY_ATTRS = ("Male", "Smiling", "Mustache", "Eyeglasses")
 # Every sampler test uses these shapes, so each jitted core compiles once for the module.
 BATCH, K, A = 4096, 64, len(KEY_ATTRS)
 FEW_BITS = (1, 2, 3, 4)
-
-
-def test_password_bits_pinned_vector_and_params():
-    bits = keys.password_bits(PINNED_PASSPHRASE, 256)
-    assert np.packbits(bits).tobytes().hex() == PINNED_HEX
-    assert keys.KDF_VERSION == 1 and keys.KDF_PARAMS["salt"] == b"sdn-jax/password-key/v1"
-    assert (keys.KDF_PARAMS["n"], keys.KDF_PARAMS["r"], keys.KDF_PARAMS["p"]) == (2**14, 8, 1)
-
-
-def test_password_bits_deterministic_shape_and_range():
-    a = keys.password_bits("hunter2 is not a good passphrase", 64)
-    b = keys.password_bits("hunter2 is not a good passphrase", 64)
-    assert a.shape == (64,) and a.dtype == np.uint8 and set(np.unique(a)) <= {0, 1}
-    np.testing.assert_array_equal(a, b)
-    assert keys.password_bits("x", 8).shape == (8,)
-    assert keys.password_bits("x", 512).shape == (512,)
-
-
-def test_password_bits_separation():
-    phrases = ["alpha", "alphb", "Alpha", "alpha ", "correct horse", "correct horsf"]
-    bits = [keys.password_bits(p, 64) for p in phrases]
-    distances = [
-        int(np.sum(bits[i] != bits[j])) for i in range(len(bits)) for j in range(i + 1, len(bits))
-    ]
-    assert all(16 <= d <= 48 for d in distances), distances  # expected 32, sd 4
-    assert 26 <= np.mean(distances) <= 38
-
-
-def test_password_bits_nfc_normalisation():
-    composed, decomposed = "caf\u00e9 au lait", "cafe\u0301 au lait"
-    assert composed != decomposed
-    for text in (composed, decomposed):
-        # scrypt of the NFC UTF-8 bytes b"caf\xc3\xa9 au lait" (NFD would give e0f7267a...).
-        assert np.packbits(keys.password_bits(text, 64)).tobytes().hex() == "2b93058c0e150c7c"
-
-
-@pytest.mark.parametrize("num_bits", [0, -8, 7, 12, 520, 1024, 64.0, True])
-def test_password_bits_bad_num_bits(num_bits):
-    with pytest.raises(ValueError, match="multiple of 8") as err:
-        keys.password_bits("my secret phrase", num_bits)
-    assert "my secret phrase" not in str(err.value)
-
-
-def test_password_bits_bad_passphrase_never_in_error(capsys, caplog):
-    caplog.set_level(logging.DEBUG)
-    with pytest.raises(ValueError, match="empty"):
-        keys.password_bits("", 64)
-    with pytest.raises(TypeError) as err:
-        keys.password_bits(b"bytes secret", 64)
-    assert "bytes secret" not in str(err.value)
-    surrogate = "top secret \ud800 phrase"
-    with pytest.raises(ValueError) as err:
-        keys.password_bits(surrogate, 64)
-    assert "top secret" not in str(err.value) and err.value.__context__ is None
-    keys.password_bits("quiet secret", 64)
-    out = capsys.readouterr()
-    assert "secret" not in out.out + out.err and not caplog.records
-
-
-def test_kdf_seconds_per_guess():
-    seconds = keys.kdf_seconds_per_guess(repeats=1)
-    assert 1e-4 < seconds < 10.0
-
-
-def test_bits_vector_round_trip_and_errors():
-    bits = keys.password_bits("round trip", 64)
-    vector = keys.bits_to_vector(bits)
-    assert vector.dtype == np.float32 and set(np.unique(vector)) == {-0.5, 0.5}
-    np.testing.assert_array_equal(vector, np.where(bits == 1, 0.5, -0.5))
-    np.testing.assert_array_equal(keys.vector_to_bits(vector), bits)
-    with pytest.raises(ValueError):
-        keys.bits_to_vector([0, 1, 2])
-    with pytest.raises(ValueError):
-        keys.vector_to_bits([0.5, 0.0])
-
-
-def test_parse_attribute_choices():
-    parsed = keys.parse_attribute_choices(
-        " smiling = yes,Male=0 , MUSTACHE=True,Eyeglasses=no, ", KEY_ATTRS
-    )
-    assert parsed == {"Male": False, "Smiling": True, "Mustache": True, "Eyeglasses": False}
-    assert list(parsed) == list(KEY_ATTRS)
-    with_defaults = keys.parse_attribute_choices(
-        "Smiling=1", KEY_ATTRS, defaults={"Male": True, "Mustache": False, "Eyeglasses": False}
-    )
-    assert with_defaults == {"Male": True, "Smiling": True, "Mustache": False, "Eyeglasses": False}
-
-
-@pytest.mark.parametrize(
-    ("text", "defaults", "match"),
-    [
-        ("Smiling=1,Male=0,Mustache=0,Eyeglasses=0,Bald=1", None, "Unknown attribute.*Male"),
-        ("Smiling=maybe,Male=0,Mustache=0,Eyeglasses=0", None, "Bad value.*true.*false"),
-        ("Smiling,Male=0,Mustache=0,Eyeglasses=0", None, "NAME=VALUE"),
-        ("Smiling=1,smiling=0,Male=0,Mustache=0,Eyeglasses=0", None, "twice"),
-        ("Smiling=1,Male=0", None, "Mustache"),
-        ("Smiling=1,Male=0", {"Mustache": False}, "Eyeglasses"),
-        ("Smiling=1", {"Male": 0, "Mustache": 0, "Eyeglasses": 0, "Young": 1}, "Young"),
-    ],
-)
-def test_parse_attribute_choices_errors(text, defaults, match):
-    with pytest.raises(ValueError, match=match):
-        keys.parse_attribute_choices(text, KEY_ATTRS, defaults=defaults)
-
-
-def test_parse_attribute_choices_bad_key_attributes():
-    with pytest.raises(ValueError, match="Unknown attribute"):
-        keys.parse_attribute_choices("Smiling=1", ("Smiling", "Smilling"))
-    with pytest.raises(ValueError, match="duplicates"):
-        keys.parse_attribute_choices("Smiling=1", ("Smiling", "Smiling"))
-
-
-def test_attributes_vector_round_trip_and_errors():
-    choices = {"Smiling": True, "Male": False, "Mustache": True, "Eyeglasses": False}
-    vector = keys.attributes_to_vector(choices, KEY_ATTRS)
-    assert vector.dtype == np.float32
-    np.testing.assert_array_equal(vector, [-0.5, 0.5, 0.5, -0.5])  # in KEY_ATTRS order
-    assert keys.vector_to_attributes(vector, KEY_ATTRS) == choices
-    with pytest.raises(ValueError, match="missing"):
-        keys.attributes_to_vector({"Smiling": True}, KEY_ATTRS)
-    with pytest.raises(ValueError, match="extra"):
-        keys.attributes_to_vector(dict(choices, Young=True), KEY_ATTRS)
-    with pytest.raises(ValueError):
-        keys.vector_to_attributes(vector[:3], KEY_ATTRS)
 
 
 def _right_keys(fixed: bool):

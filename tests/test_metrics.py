@@ -54,6 +54,25 @@ def test_identical_images():
     np.testing.assert_allclose(np.asarray(metrics.ssim(x, x)), 1.0, atol=1e-6)
 
 
+def test_psnr_data_range_floor_and_numpy_flavour():
+    rng = np.random.default_rng(2)
+    a = rng.uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
+    b = np.clip(a + 0.05 * rng.standard_normal(a.shape), -1, 1).astype(np.float32)
+    b[0] = a[0]
+    wide = np.asarray(metrics.psnr(a, b, data_range=2.0))  # [-1, 1] images
+    assert np.isinf(wide[0])
+    np.testing.assert_allclose(wide[1:], np.asarray(metrics.psnr((a + 1) / 2, (b + 1) / 2))[1:],
+                               rtol=1e-5)  # fmt: skip
+    floored = metrics.psnr_numpy(a, b, data_range=2.0, max_db=100.0)
+    assert isinstance(floored, np.ndarray) and floored.dtype == np.float32
+    np.testing.assert_allclose(floored, [100.0, *wide[1:]], rtol=1e-6)
+    floored_jax = metrics.psnr(a, b, data_range=2.0, max_db=100.0)
+    np.testing.assert_allclose(np.asarray(floored_jax), floored, rtol=1e-6)
+    assert np.all(np.isinf(metrics.psnr_numpy(a, a)))
+    with pytest.raises(ValueError, match="NHWC"):
+        metrics.psnr_numpy(a, a[:1])
+
+
 def test_image_metrics_reject_bad_shapes():
     x = np.zeros((2, 16, 16, 3))
     with pytest.raises(ValueError, match="NHWC"):

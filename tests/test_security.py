@@ -10,33 +10,15 @@ import json
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 from tiny_model import tiny_settings
 
-from configs import tiny
 from sdn_jax import inference, keys
 from sdn_jax.data import synth as synth_faces
 from sdn_jax.evaluation import attacker as attacker_lib
-from sdn_jax.evaluation import attacker_training
-
-
-# The modules under test are imported by fixtures: while one does not import, its tests
-# fail one by one instead of stopping the whole suite at collection.
-@pytest.fixture(scope="module")
-def security():
-    from sdn_jax.evaluation import security
-
-    return security
-
-
-@pytest.fixture(scope="module")
-def security_plot():
-    from sdn_jax.evaluation import security_plot
-
-    return security_plot
+from sdn_jax.evaluation import attacker_training, security, security_keys, security_plot
 
 SMALL = dict(
     num_faces=12,
@@ -80,13 +62,17 @@ def model(trained_run):
 
 
 @pytest.fixture(scope="module")
-def study(model, security):
+def small(**changes):
+    """The tiny run's eval.security, shrunk to seconds."""
+    return dataclasses.replace(tiny_settings().eval.security, **{**SMALL, **changes})
+
+
+@pytest.fixture(scope="module")
+def study(model):
     probes, references = _faces(16)
     attacker = _untrained_attacker(probes, references)
     galleries = attacker.galleries(attacker.embed(references), np.arange(16))  # one photo each
-    section = security.security_study(
-        model, attacker, probes, galleries, tiny.get_config(), settings=SMALL, progress=False
-    )
+    section = security.security_study(model, attacker, probes, galleries, small(), progress=False)
     return section, attacker, probes, galleries
 
 
@@ -94,34 +80,36 @@ def study(model, security):
     "num_bits, expected",
     [(16, [0, 1, 2, 4, 8, 16]), (64, [0, 1, 2, 4, 8, 16, 32]), (8, [0, 1, 2, 4, 8])],
 )
-def test_hamming_keys_are_exactly_at_the_stated_distance(num_bits, expected, security):
-    distances = security.hamming_distances(security.default_settings(), num_bits)
+def test_hamming_keys_are_exactly_at_the_stated_distance(num_bits, expected, settings):
+    distances = security_keys.hamming_distances(settings.eval.security, num_bits)
     assert distances == expected  # 0, 1 and K/2 always; none above K
     right = np.asarray(keys.random_passwords(jax.random.key(0), 50, num_bits))
     for d in distances:
-        wrong = security.password_at_distance(jax.random.key(d), right, d)
+        wrong = security_keys.password_at_distance(jax.random.key(d), right, d)
         assert set(np.unique(wrong)) <= {-0.5, 0.5}
         np.testing.assert_array_equal(np.asarray(keys.hamming_distance(wrong, right)), d)
         if 0 < d < num_bits:  # the flipped positions differ from face to face
             assert len({tuple(row) for row in (wrong != right)}) > 1
-    np.testing.assert_array_equal(security.password_at_distance(jax.random.key(1), right, 0), right)
+    unchanged = security_keys.password_at_distance(jax.random.key(1), right, 0)
+    np.testing.assert_array_equal(unchanged, right)
 
 
-def test_attribute_flips_and_random_attack_keys(security):
+def test_attribute_flips_and_random_attack_keys():
     attributes = np.asarray(keys.random_attributes(jax.random.key(1), 5, 4))
     for index in range(4):
-        flipped = security.attribute_flipped(attributes, index)
+        flipped = security_keys.attribute_flipped(attributes, index)
         np.testing.assert_array_equal(flipped != attributes, np.eye(4, dtype=bool)[[index] * 5])
     right = np.full(16, 0.5, np.float32)
-    password, attributes = security.random_attack_keys(jax.random.key(2), right, 300, 2)
+    password, attributes = security_keys.random_attack_keys(jax.random.key(2), right, 300, 2)
     assert password.shape == (300, 16) and attributes.shape == (300, 2)
     assert np.all(np.asarray(keys.hamming_distance(password, right[None])) >= 1)
     assert 5 < np.mean(np.sum(password != right, axis=-1)) < 11  # uniform: about 8 of 16
 
 
-def test_one_face_many_keys_equals_the_per_face_path(model, security):
+def test_one_face_many_keys_equals_the_per_face_path(model):
     probes, _ = _faces(1)
-    password, attributes = security.random_attack_keys(jax.random.key(3), np.full(16, -0.5), 5, 2)
+    right = np.full(16, -0.5)
+    password, attributes = security_keys.random_attack_keys(jax.random.key(3), right, 5, 2)
     many = security.recover_with_many_keys(model, probes[0], password, attributes, 4)
     one_by_one = security.transform(
         model, np.repeat(probes, 5, axis=0), keys.RECOVER, password, attributes, 8
@@ -174,7 +162,7 @@ def test_report_has_every_figure_finite_and_fractions_in_unit_interval(study):
     assert goal["target"] == 0.95 and goal["met"] == (round(failed) >= 0.95 * 12)
 
 
-def test_figures_on_a_hand_made_outcome(security):
+def test_figures_on_a_hand_made_outcome():
     """Ten faces: PSNR 10..55 dB against a right key at 30 dB everywhere (within 4 dB:
     26 dB and up, the last 6 faces), every third face linked (0, 3, 6, 9)."""
     psnr = np.arange(10, 60, 5, dtype=np.float64)
@@ -228,13 +216,12 @@ def _last_conv(model) -> int:
     return last
 
 
-def test_lossy_copies_degrade_recovery(model, study, security):
+def test_lossy_copies_degrade_recovery(model, study):
     _, attacker, probes, galleries = study
-    settings = dict(SMALL, num_random_keys=8, random_attack_faces=1)
+    settings = small(num_random_keys=8, random_attack_faces=1)
     section = security.security_study(
-        _identity_model(model), attacker, probes, galleries, tiny.get_config(),
-        settings=settings, progress=False,
-    )  # fmt: skip
+        _identity_model(model), attacker, probes, galleries, settings, progress=False
+    )
     copies = section["recompression"]
     assert copies["png"]["psnr_mean"] > 30.0  # only 8-bit rounding and the 0.98 gain
     assert copies["jpeg95"]["psnr_mean"] < copies["png"]["psnr_mean"] - 0.5
@@ -245,7 +232,7 @@ def test_lossy_copies_degrade_recovery(model, study, security):
     assert section["hamming"][-1]["fraction_within_4db_of_right_key"] == 1.0
 
 
-def test_plot_is_a_readable_png(study, tmp_path, security_plot):
+def test_plot_is_a_readable_png(study, tmp_path):
     path = tmp_path / "security.png"
     security_plot.plot_security(study[0], str(path))
     with Image.open(path) as image:
@@ -253,19 +240,9 @@ def test_plot_is_a_readable_png(study, tmp_path, security_plot):
         assert np.asarray(image.convert("L")).std() > 5  # not a blank canvas
 
 
-def test_settings_from_the_config_and_bad_inputs(model, study, security):
+def test_bad_inputs_are_clear_errors(model, study):
     _, attacker, probes, galleries = study
-    config = tiny.get_config()
-    config.eval.security = ml_collections.ConfigDict({"num_random_keys": 7})
-    settings = security.settings_from_config(config, {"num_faces": 3})
-    assert settings.num_random_keys == 7 and settings.num_faces == 3
-    assert settings.jpeg_qualities == (95, 75)
-    config.eval.security = ml_collections.ConfigDict({"num_keys": 7})
-    with pytest.raises(ValueError, match=r"Unknown config.eval.security fields: \['num_keys'\]"):
-        security.settings_from_config(config)
-    run = lambda *args: security.security_study(
-        model, attacker, *args, tiny.get_config(), settings=SMALL, progress=False
-    )
+    run = lambda *args: security.security_study(model, attacker, *args, small(), progress=False)
     with pytest.raises(ValueError, match=r"one gallery embedding \(N, D\) per image"):
         run(probes, galleries[:3])
     with pytest.raises(ValueError, match=r"one gallery embedding \(N, D\) per image"):

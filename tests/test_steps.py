@@ -390,7 +390,9 @@ def test_generator_share_takes_every_mth_image_and_checks_the_sizes():
     share = tiny_settings(**{"train.global_batch_size": 16, "train.generator_batch_size": 4})
     assert share.train.generator_images == 4
     np.testing.assert_array_equal(objectives.generator_share(batch, share)["image"], [0, 4, 8, 12])
-    np.testing.assert_array_equal(objectives.generator_share(batch, share)["identity"], [0, 1, 2, 3])
+    np.testing.assert_array_equal(
+        objectives.generator_share(batch, share)["identity"], [0, 1, 2, 3]
+    )
     for bad in (5, 32, -4):
         with pytest.raises(
             settings_lib.SettingsError,
@@ -658,11 +660,13 @@ def test_batch_size_must_divide_the_mesh(sharded_report):
     assert errors["batch_16_on_8"] is None
     assert "global_batch_size (12) must be divisible by the 8 devices" in errors["batch_12_on_8"]
     # The trainer's set-up checks both the whole batch and G's share against the mesh.
-    assert "train.global_batch_size (12) must be divisible by the 8 devices" in (
-        errors["setup_batch_12_on_8"]
+    assert (
+        "train.global_batch_size (12) must be divisible by the 8 devices"
+        in (errors["setup_batch_12_on_8"])
     )
-    assert "train.generator_batch_size (12) must be divisible by the 8 devices" in (
-        errors["setup_share_12_on_8"]
+    assert (
+        "train.generator_batch_size (12) must be divisible by the 8 devices"
+        in (errors["setup_share_12_on_8"])
     )
 
 

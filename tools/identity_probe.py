@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from sdn_jax.data import synth
+from sdn_jax.images import from_uint8
 
 NUISANCE_KEYS = ("pose", "lighting", "background", "clothing")
 CORNER_FRACTION = 8  # background_pixels sees corners of side image_size / 8 (8x8 at 64px).
@@ -53,11 +54,6 @@ def make_split(people: int, train_photos: int, test_photos: int, image_size: int
         return {"images": images[mask], "nuisance": nuisance[mask], "labels": ids[mask]}
 
     return take(is_train), take(~is_train)
-
-
-def to_unit_range(images: np.ndarray) -> np.ndarray:
-    """uint8 images to float32 in [-1, 1]."""
-    return images.astype(np.float32) / 127.5 - 1.0
 
 
 def corner_pixels(images: np.ndarray) -> np.ndarray:
@@ -186,8 +182,8 @@ def run_probes(
     train, test = make_split(people, train_photos, test_photos, image_size, seed)
     y_train, y_test = train["labels"], test["labels"]
     print(f"Rendered {len(y_train)} train / {len(y_test)} test in {time.time() - start:.1f}s")
-    pixels = [to_unit_range(s["images"]) for s in (train, test)]
-    corners = [to_unit_range(corner_pixels(s["images"])) for s in (train, test)]
+    pixels = [from_uint8(s["images"]) for s in (train, test)]
+    corners = [from_uint8(corner_pixels(s["images"])) for s in (train, test)]
     # (features, learning rate): the 18 standardized nuisance values need a larger step to
     # converge in a few hundred full-batch steps than thousands of pixels do.
     linear = {

@@ -24,6 +24,8 @@ import grain
 import jax
 import numpy as np
 
+from sdn_jax.images import from_uint8
+
 # The records' extra keys (CelebA's `identity_raw`, `landmarks`, `file_name`) are dropped:
 # the models never use them and byte strings would not stack into a numeric batch.
 FEATURES = ("image", "identity", "attributes")
@@ -87,7 +89,7 @@ class _ScaleImages(grain.transforms.Map):
     """
 
     def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        image = batch["image"].astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+        image = from_uint8(batch["image"])
         return dict(batch, image=image)
 
 

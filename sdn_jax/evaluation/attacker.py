@@ -36,10 +36,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import sdn_jax.data
+from sdn_jax import settings as settings_lib
+from sdn_jax.batching import map_in_batches
 from sdn_jax.data import attributes as attr_lib
 from sdn_jax.evaluation import attacker_training, metrics
 from sdn_jax.evaluation.recognizer_model import resize_to
-from sdn_jax import settings as settings_lib
+from sdn_jax.images import from_uint8, round_to_uint8
 from sdn_jax.settings import Settings
 
 log = logging.getLogger("sdn_jax")
@@ -83,13 +85,7 @@ class Attacker:
         images = np.asarray(images, np.float32)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"Expected (N, H, W, 3) images in [-1, 1], got {images.shape}")
-        size = self.settings.batch_size
-        outputs = []
-        for start in range(0, max(len(images), 1), size):  # an empty input: one padded batch
-            chunk = images[start : start + size]
-            padding = np.zeros((size - len(chunk), *images.shape[1:]), np.float32)
-            outputs.append(np.asarray(fn(params, np.concatenate([chunk, padding])))[: len(chunk)])
-        return np.concatenate(outputs)
+        return map_in_batches(lambda x: fn(params, x), [images], self.settings.batch_size)
 
     def embed(self, images) -> np.ndarray:
         """(N, D) unit identity embeddings of float images in [-1, 1] (N, H, W, 3)."""
@@ -152,7 +148,7 @@ def downsample_uint8(images: np.ndarray, size: int, chunk: int = 2048) -> np.nda
     out = []
     for start in range(0, len(images), chunk):
         x = np.asarray(resize_to(jnp.asarray(images[start : start + chunk], jnp.float32), size))
-        out.append(np.clip(np.round(x), 0, 255).astype(np.uint8))
+        out.append(round_to_uint8(x))
     return np.concatenate(out)
 
 
@@ -222,7 +218,7 @@ def train_attacker(train: dict, settings, key_attributes=()) -> Attacker:
         identity_seconds = time.time() - start
         attribute_params = attribute_future.result()
     attacker = Attacker(settings, identity_params, attribute_params, threshold=1.0)
-    calibration_images = attacker_training.to_float(train["images"][calibration])
+    calibration_images = from_uint8(train["images"][calibration])
     rates = attacker.calibrate(np.asarray(calibration_images), train["identities"][calibration])
     attacker.info = {
         **rates,

@@ -31,6 +31,7 @@ import optax
 
 from sdn_jax.augment import damage_patch, recolour
 from sdn_jax.evaluation.recognizer_model import Recognizer
+from sdn_jax.images import from_uint8
 
 log = logging.getLogger("sdn_jax")
 
@@ -50,11 +51,6 @@ def attribute_network(settings) -> Recognizer:
         widths=tuple(settings.attribute_widths),
         res_blocks=settings.res_blocks,
     )
-
-
-def to_float(images: jax.Array) -> jax.Array:
-    """uint8 [0, 255] -> float32 [-1, 1], as the input pipeline scales images."""
-    return images.astype(jnp.float32) / 127.5 - 1.0
 
 
 def prototype_cosface_loss(embeddings: jax.Array, people: int, margin: float, scale: float):
@@ -139,7 +135,7 @@ def train_identity(images: np.ndarray, identities: np.ndarray, settings, key: ja
     order, starts, counts = jnp.asarray(order), jnp.asarray(starts), jnp.asarray(counts)
     data = jnp.asarray(images)
     init_key, key = jax.random.split(key)
-    params = model.init(init_key, to_float(data[:1]))
+    params = model.init(init_key, from_uint8(data[:1]))
     optimizer = _optimizer(settings, settings.num_steps)
 
     @jax.jit
@@ -153,7 +149,7 @@ def train_identity(images: np.ndarray, identities: np.ndarray, settings, key: ja
         noise = jnp.where(jnp.arange(noise.shape[1]) < counts[chosen][:, None], noise, 2.0)
         picks = jnp.argsort(noise, axis=1)[:, :photos]
         index = order[starts[chosen][:, None] + picks].reshape(-1)
-        x = recolour(colour_key, to_float(data[index]), settings.recolour_probability)
+        x = recolour(colour_key, from_uint8(data[index]), settings.recolour_probability)
         x = damage_patch(patch_key, x, settings.damage_probability)
 
         def loss_fn(p):
@@ -186,7 +182,7 @@ def train_attributes(
     data, labels = jnp.asarray(images), jnp.asarray(attributes, jnp.float32)
     weights = jnp.ones(labels.shape[1]) if weights is None else jnp.asarray(weights, jnp.float32)
     init_key, key = jax.random.split(key)
-    params = model.init(init_key, to_float(data[:1]))
+    params = model.init(init_key, from_uint8(data[:1]))
     optimizer = _optimizer(settings, settings.attribute_steps)
     batch = settings.attribute_batch_size
 
@@ -195,7 +191,7 @@ def train_attributes(
         index = jax.random.randint(key, (batch,), 0, data.shape[0])
 
         def loss_fn(p):
-            _, logits = model.apply(p, to_float(data[index]))
+            _, logits = model.apply(p, from_uint8(data[index]))
             # Summed over attributes: a mean over 40 (many never drawn) starved each one.
             bce = optax.sigmoid_binary_cross_entropy(logits, labels[index]) @ weights
             return bce.mean(), jnp.mean((logits > 0) == (labels[index] > 0.5))

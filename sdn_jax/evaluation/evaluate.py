@@ -20,10 +20,10 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sdn_jax import inference, keys
+from sdn_jax.batching import map_in_batches
 from sdn_jax.data import attributes as attr_lib
 from sdn_jax.data import pipeline
 from sdn_jax.evaluation import attacker as attacker_lib
@@ -31,6 +31,7 @@ from sdn_jax.evaluation import metrics
 from sdn_jax.evaluation import outputs as outputs_lib
 from sdn_jax.evaluation.outputs import OUTPUTS, SHOULD_MATCH
 from sdn_jax.evaluation.report_markdown import report_markdown
+from sdn_jax.images import from_uint8, to_unit
 from sdn_jax.settings import Model, Settings
 
 log = logging.getLogger("sdn_jax")  # main.py shows it at INFO; absl is at WARNING
@@ -71,7 +72,7 @@ def probes_and_references(
 
     def load(index):
         records = [source[int(i)] for i in index]
-        images = np.stack([r["image"] for r in records]).astype(np.float32) / 127.5 - 1.0
+        images = from_uint8(np.stack([r["image"] for r in records]))
         return images, np.stack([np.asarray(r["attributes"], bool) for r in records])
 
     probes, probe_attributes = load(probe_index)
@@ -108,22 +109,8 @@ def face_keys(count: int, model: Model) -> dict:
 def sdn_outputs(model: inference.Model, images: np.ndarray, key: dict, batch_size: int) -> dict:
     """All outputs for all faces, in fixed-size batches (the last one padded)."""
     outputs_fn = jax.jit(outputs_lib.make_outputs_fn(model.networks))
-    collected = {}
-    for start in range(0, len(images), batch_size):
-        chunk = slice(start, start + batch_size)
-        n = len(images[chunk])
-        pad = lambda x: np.concatenate([x, np.repeat(x[-1:], batch_size - len(x), 0)])
-        batch_key = {k: jnp.asarray(pad(v[chunk])) for k, v in key.items()}
-        result = jax.device_get(
-            outputs_fn(model.params, jnp.asarray(pad(images[chunk])), batch_key)
-        )
-        for name, value in result.items():
-            collected.setdefault(name, []).append(value[:n])
-    return {name: np.concatenate(parts) for name, parts in collected.items()}
-
-
-def to_unit(images: np.ndarray) -> np.ndarray:
-    return (np.asarray(images, np.float32) + 1.0) / 2.0
+    run = lambda x, *values: outputs_fn(model.params, x, dict(zip(key, values)))
+    return map_in_batches(run, [images, *key.values()], batch_size, pad="edge")
 
 
 def edge_map_linkage(anonymized: np.ndarray, originals: np.ndarray) -> float:
@@ -227,8 +214,7 @@ def evaluate_split(model, attacker, data: dict, settings: Settings) -> dict:
     on_originals = attacker.attributes(probes)[:, key_index] > 0.5
     section["anonymized"]["attribute_accuracy"] = float(np.mean(shown == requested))
     section["anonymized"]["attribute_accuracy_per_attribute"] = {
-        name: float(v)
-        for name, v in zip(key_attributes, np.mean(shown == requested, 0))
+        name: float(v) for name, v in zip(key_attributes, np.mean(shown == requested, 0))
     }
     # The attribute classifier's own accuracy on the real photos: the ceiling for the above.
     section["original"]["attribute_accuracy"] = float(

@@ -13,18 +13,14 @@ import numpy as np
 
 from sdn_jax import keys
 from sdn_jax.data import attributes as attr_lib
+from sdn_jax.evaluation import metrics
 from sdn_jax.evaluation.outputs import OUTPUTS, make_outputs_fn
 from sdn_jax.models.sdn import apply
 from sdn_jax.settings import Model
 
 # Fixed evaluation keys: the same for every checkpoint, so runs and steps compare.
 EVAL_KEY_SEED = 1234
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-image PSNR (dB) of images in [-1, 1], computed on the [0, 1] scale."""
-    mse = np.mean(((a - b) / 2.0) ** 2, axis=(1, 2, 3))
-    return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-10))
+MAX_PSNR = 100.0  # dB, for identical images (not inf, so that means stay numbers)
 
 
 def evaluation_keys(batch: int, model: Model) -> dict:
@@ -69,7 +65,8 @@ def evaluate_heldout(params, networks, batches, model: Model) -> dict:
         key = evaluation_keys(images.shape[0], model)
         outputs = jax.device_get(outputs_fn(params, images, key))
         for name in OUTPUTS:
-            psnrs[name].append(psnr(outputs[name], np.asarray(images))[mask])
+            psnr = metrics.psnr_numpy(outputs[name], images, data_range=2.0, max_db=MAX_PSNR)
+            psnrs[name].append(psnr[mask])
         for name, x in (("original", images), *((n, outputs[n]) for n in OUTPUTS)):
             c = classify(params["classifier"], jnp.asarray(x))
             collected[name].append(np.asarray(c.embedding)[mask])

@@ -1,11 +1,11 @@
 """Image and identity metrics for the evaluation report.
 
-Images are float NHWC in [0, 1]; every image metric returns one value per image.
-`psnr` and `ssim` reproduce scikit-image's `peak_signal_noise_ratio(data_range=1)` and
-`structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-data_range=1, channel_axis=-1)` (the tests hold them to 1e-4), so our figures compare
-with published ones. They are jitted JAX, so the evaluation can run them where the
-images already are.
+Images are float NHWC in [0, 1] (`psnr` takes a data_range for [-1, 1]); every image
+metric returns one value per image. `psnr` and `ssim` reproduce scikit-image's
+`peak_signal_noise_ratio(data_range=1)` and `structural_similarity(gaussian_weights=True,
+sigma=1.5, use_sample_covariance=False, data_range=1, channel_axis=-1)` (the tests hold
+them to 1e-4), so our figures compare with published ones. They are jitted JAX, so the
+evaluation can run them where the images already are (`psnr_numpy`: the same on the host).
 
 Identity metrics work on embeddings (rows, any scale: they are L2-normalised here).
 Verification follows face-recognition practice: a pair is "the same person" when its
@@ -34,15 +34,37 @@ def _check_images(a, b) -> tuple[jax.Array, jax.Array]:
     return a, b
 
 
-@jax.jit
-def _psnr(a, b):
-    mse = jnp.mean(jnp.square(a - b), axis=(1, 2, 3))
-    return 10.0 * jnp.log10(1.0 / mse)
+def _psnr(xp, a, b, data_range: float, max_db: float | None):
+    """The PSNR formula, in jax.numpy (psnr) or numpy (psnr_numpy)."""
+    mse = xp.mean(xp.square(a - b), axis=(1, 2, 3))
+    if max_db is not None:  # the MSE that gives max_db: its floor
+        mse = xp.maximum(mse, data_range**2 * 10.0 ** (-max_db / 10.0))
+    return 10.0 * xp.log10(data_range**2 / mse)
 
 
-def psnr(a, b) -> jax.Array:
-    """Per-image PSNR in dB, data range 1 (inf for identical images, as scikit-image)."""
-    return _psnr(*_check_images(a, b))
+@functools.partial(jax.jit, static_argnames=("data_range", "max_db"))
+def _psnr_jax(a, b, data_range, max_db):
+    return _psnr(jnp, a, b, data_range, max_db)
+
+
+def psnr(a, b, *, data_range: float = 1.0, max_db: float | None = None) -> jax.Array:
+    """Per-image PSNR in dB of images spanning `data_range` (1: [0, 1]; 2: [-1, 1]).
+
+    Identical images give inf (as scikit-image), or about max_db when it is given (the
+    MSE is floored at the value that gives max_db).
+    """
+    a, b = _check_images(a, b)
+    return _psnr_jax(a, b, data_range=float(data_range), max_db=max_db)
+
+
+def psnr_numpy(a, b, *, data_range: float = 1.0, max_db: float | None = None) -> np.ndarray:
+    """`psnr` computed by numpy on the host (float32). Its float32 sums run in another
+    order than XLA's, so the two differ in the last bits; heldout's figures use this."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"Expected two NHWC image batches of one shape, got {a.shape}, {b.shape}")
+    with np.errstate(divide="ignore"):  # identical images without max_db: inf
+        return _psnr(np, a, b, float(data_range), max_db)
 
 
 def _gaussian_taps(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) -> np.ndarray:

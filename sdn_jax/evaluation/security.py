@@ -22,25 +22,36 @@ tenth of faces a wrong key brings closest back; the 10th for the right key: the 
 recovered worst) and `fraction_failing`: for a wrong key the faces it gives back (within
 4 dB (WITHIN_DB) of the right key's PSNR, or verified as the person); for the right key the
 faces it loses (not verified, or more than 4 dB below the lossless recovery).
+
+The keys come from security_keys, the lossy copies from copies (sdn_jax.evaluation).
 """
 
 import dataclasses
 import functools
-import io
 import logging
 import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from PIL import Image
 
-from sdn_jax import inference, keys
+from sdn_jax import keys
+from sdn_jax import passphrase as passphrase_lib
+from sdn_jax.batching import map_in_batches
 from sdn_jax.evaluation import metrics
-from sdn_jax.evaluation import settings as eval_settings
-from sdn_jax.state import apply
+from sdn_jax.evaluation.copies import jpeg_copies, png_copies, resized_copies
+from sdn_jax.evaluation.security_keys import (
+    attribute_flipped,
+    hamming_distances,
+    password_at_distance,
+    random_attack_keys,
+    right_keys,
+)
+from sdn_jax.images import from_uint8, to_uint8, to_unit
+from sdn_jax.models import sdn
+from sdn_jax.models.sdn import apply
+from sdn_jax.settings import Security
 
 log = logging.getLogger("sdn_jax")  # main.py shows it at INFO; absl is at WARNING
 
@@ -50,73 +61,6 @@ MAX_PSNR = 100.0  # PSNR of identical images is infinite; JSON needs a number
 YEAR = 365.25 * 24 * 3600  # seconds
 
 
-def default_settings() -> ml_collections.ConfigDict:
-    """The study's settings; sized for about a minute at 64 px on 2 CPU cores."""
-    s = ml_collections.ConfigDict()
-    s.seed = 20250303  # the faces' right keys and every wrong key derive from it
-    s.num_faces = 128  # the first faces given are studied (all, if fewer)
-    # Wrong-password distances in bits; 0 (the right key), 1 and K/2 are always added,
-    # distances above K left out.
-    s.hamming_distances = (0, 1, 2, 4, 8, 16)
-    s.num_random_keys = 1000  # keys tried per face by the best-of-N attack
-    s.random_attack_faces = 16  # the first faces studied are attacked
-    s.jpeg_qualities = (95, 75)
-    s.resize_factor = 2  # down by this factor and back up
-    s.batch_size = 64  # faces per compiled call
-    s.keys_per_call = 250  # random keys per compiled call (one face each)
-    s.kdf_repeats = 3  # scrypt timings; the fastest counts
-    return s
-
-
-def settings_from_config(config, overrides=None) -> ml_collections.ConfigDict:
-    """default_settings() updated with `config.eval.security`, then with `overrides`."""
-    from_config = eval_settings.config_section(config, "security")
-    settings = eval_settings.with_overrides(default_settings(), from_config, "config.eval.security")
-    settings = eval_settings.with_overrides(settings, overrides, "settings")
-    if settings.num_faces < 1 or settings.num_random_keys < 1 or settings.keys_per_call < 1:
-        raise ValueError("num_faces, num_random_keys and keys_per_call must be positive")
-    return settings
-
-
-# ------------------------------------------------------------------------------ keys
-
-
-def right_keys(rng, num_faces: int, config) -> tuple[np.ndarray, np.ndarray]:
-    """One random (password, attributes) per face, {-0.5, +0.5}."""
-    rng_p, rng_a = jax.random.split(rng)
-    password = keys.random_passwords(rng_p, num_faces, config.model.password_bits)
-    attributes = keys.random_attributes(rng_a, num_faces, len(config.model.key_attributes))
-    return np.asarray(password), np.asarray(attributes)
-
-
-def hamming_distances(settings, password_bits: int) -> list[int]:
-    """The studied distances: the settings' plus 0, 1 and K/2, at most K, ascending."""
-    wanted = {int(d) for d in settings.hamming_distances} | {0, 1, password_bits // 2}
-    if min(wanted) < 0:
-        raise ValueError(f"hamming_distances must be >= 0, got {sorted(wanted)}")
-    return sorted(d for d in wanted if d <= password_bits)
-
-
-def password_at_distance(rng, password: np.ndarray, distance: int) -> np.ndarray:
-    """Each row of `password` with exactly `distance` distinct random bits flipped."""
-    return np.asarray(keys.flip_bits(rng, jnp.asarray(password), int(distance)))
-
-
-def attribute_flipped(attributes: np.ndarray, index: int) -> np.ndarray:
-    """The attribute choices with key attribute `index` flipped in every row."""
-    flipped = np.array(attributes, np.float32, copy=True)
-    flipped[:, index] = -flipped[:, index]
-    return flipped
-
-
-def random_attack_keys(rng, password: np.ndarray, count: int, num_attributes: int):
-    """`count` uniform random keys for one face; the password never the right one."""
-    rng_p, rng_a = jax.random.split(rng)
-    right = jnp.broadcast_to(jnp.asarray(password), (count, password.shape[-1]))
-    wrong = keys.wrong_passwords(rng_p, right, few_bits_fraction=0.0)  # all uniform
-    return np.asarray(wrong), np.asarray(keys.random_attributes(rng_a, count, num_attributes))
-
-
 # ------------------------------------------------------------------- SDN passes
 
 
@@ -124,7 +68,7 @@ def random_attack_keys(rng, password: np.ndarray, count: int, num_attributes: in
 def _generate(encoder, decoder, params, images, direction, password, attributes):
     """G(E(x)) with a key of its own per row."""
     condition = keys.condition_vector(direction, password, attributes)
-    return inference.generate({"encoder": encoder, "decoder": decoder}, params, images, condition)
+    return sdn.generate({"encoder": encoder, "decoder": decoder}, params, images, condition)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -138,84 +82,24 @@ def _recover_one_many_keys(encoder, decoder, params, image, password, attributes
     return apply(decoder, params["decoder"], latent, condition, inputs)
 
 
-def _padded(array: np.ndarray, size: int) -> np.ndarray:
-    """Rows padded with zeros to `size`: every call runs one compiled shape."""
-    pad = np.zeros((size - len(array), *array.shape[1:]), np.float32)
-    return np.concatenate([np.asarray(array, np.float32), pad])
-
-
 def transform(model, images, direction, password, attributes, batch_size: int) -> np.ndarray:
     """Anonymize (keys.ANONYMIZE) or recover (keys.RECOVER) each row under its own key."""
-    networks, outputs = model.networks, []
-    for start in range(0, len(images), batch_size):
-        rows = slice(start, min(start + batch_size, len(images)))
-        x, p, a = (_padded(array[rows], batch_size) for array in (images, password, attributes))
-        out = _generate(
-            networks["encoder"], networks["decoder"], model.params, x, np.float32(direction), p, a
-        )
-        outputs.append(np.asarray(out)[: rows.stop - rows.start])
-    return np.concatenate(outputs)
+    networks, direction = model.networks, np.float32(direction)
+    run = lambda x, p, a: _generate(
+        networks["encoder"], networks["decoder"], model.params, x, direction, p, a
+    )
+    arrays = [np.asarray(x, np.float32) for x in (images, password, attributes)]
+    return map_in_batches(run, arrays, batch_size)  # one compiled shape
 
 
 def recover_with_many_keys(model, image, password, attributes, keys_per_call: int):
     """`image` (S, S, 3) recovered under each of the keys' rows: (num_keys, S, S, 3)."""
-    outputs = []
-    for start in range(0, len(password), keys_per_call):
-        stop = min(start + keys_per_call, len(password))
-        out = _recover_one_many_keys(
-            model.networks["encoder"], model.networks["decoder"], model.params,
-            np.asarray(image, np.float32)[None],
-            _padded(password[start:stop], keys_per_call),
-            _padded(attributes[start:stop], keys_per_call),
-        )  # fmt: skip
-        outputs.append(np.asarray(out)[: stop - start])
-    return np.concatenate(outputs)
-
-
-# ------------------------------------------------------------- copies of an image
-
-
-def to_uint8(images) -> np.ndarray:
-    """Float [-1, 1] -> uint8, as an 8-bit image file stores it."""
-    return np.clip(np.round((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def to_float(images) -> np.ndarray:
-    """uint8 -> float32 [-1, 1], as the input pipeline scales images."""
-    return np.asarray(images).astype(np.float32) / 127.5 - 1.0
-
-
-def _through_pillow(images: np.ndarray, save) -> np.ndarray:
-    """Each uint8 image saved to memory by `save(image, file)` and decoded again."""
-    copies = []
-    for image in images:
-        buffer = io.BytesIO()
-        save(Image.fromarray(image), buffer)
-        buffer.seek(0)
-        with Image.open(buffer) as decoded:
-            copies.append(np.asarray(decoded.convert("RGB")))
-    return np.stack(copies)
-
-
-def png_copies(images: np.ndarray) -> np.ndarray:
-    return _through_pillow(images, lambda im, f: im.save(f, format="PNG"))
-
-
-def jpeg_copies(images: np.ndarray, quality: int) -> np.ndarray:
-    """Pillow JPEG at `quality` (its default chroma subsampling, 4:2:0 below 100)."""
-    return _through_pillow(images, lambda im, f: im.save(f, format="JPEG", quality=int(quality)))
-
-
-def resized_copies(images: np.ndarray, factor: int) -> np.ndarray:
-    """Down by `factor` and back up, bicubic both ways (Pillow), as a site's thumbnail."""
-    size = images.shape[1]
-    small = max(1, size // int(factor))
-
-    def save(image, file):
-        bicubic = Image.Resampling.BICUBIC
-        image.resize((small, small), bicubic).resize((size, size), bicubic).save(file, "PNG")
-
-    return _through_pillow(images, save)
+    networks, image = model.networks, np.asarray(image, np.float32)[None]
+    run = lambda p, a: _recover_one_many_keys(
+        networks["encoder"], networks["decoder"], model.params, image, p, a
+    )
+    arrays = [np.asarray(x, np.float32) for x in (password, attributes)]
+    return map_in_batches(run, arrays, keys_per_call)
 
 
 # ---------------------------------------------------------------------- figures
@@ -223,7 +107,7 @@ def resized_copies(images: np.ndarray, factor: int) -> np.ndarray:
 
 def _psnr(images, originals) -> np.ndarray:
     """Per-image PSNR (dB) of [-1, 1] images on the [0, 1] scale, capped at MAX_PSNR."""
-    value = metrics.psnr((np.asarray(images) + 1) / 2, (np.asarray(originals) + 1) / 2)
+    value = metrics.psnr(to_unit(images), to_unit(originals))
     return np.minimum(np.asarray(value, np.float64), MAX_PSNR)
 
 
@@ -298,7 +182,7 @@ def hamming_study(faces: _Faces, rng, distances) -> tuple[list, dict]:
 def attribute_study(faces: _Faces) -> dict:
     """`attribute_flips`: the right password, one key attribute flipped."""
     rows = {}
-    for index, name in enumerate(faces.model.config.model.key_attributes):
+    for index, name in enumerate(faces.model.key_attributes):
         flipped = attribute_flipped(faces.attributes, index)
         result = faces.recover(faces.stored, faces.password, flipped)
         rows[name] = figures(result, faces.right, right_key=False)
@@ -317,7 +201,7 @@ def recompression_study(faces: _Faces, settings) -> dict:
     copies[f"resize{factor}x"] = resized_copies(anonymized, factor)
     rows = {}
     for name, copy in copies.items():
-        result = faces.recover(to_float(copy), faces.password, faces.attributes)
+        result = faces.recover(from_uint8(copy), faces.password, faces.attributes)
         rows[name] = figures(result, faces.right, right_key=True)
         rows[name]["psnr_drop_mean"] = float(np.mean(faces.right["psnr"] - result["psnr"]))
     faces.say("security: recovery from copies, PSNR %s",
@@ -383,30 +267,29 @@ def _check_inputs(model, images: np.ndarray, galleries: np.ndarray) -> None:
 def _prepare(model, attacker, images, galleries, settings, rng, say) -> _Faces:
     """The right keys, the anonymized faces as stored, and the right key's recovery."""
     n = len(images)
-    password, attributes = right_keys(rng, n, model.config)
+    password, attributes = right_keys(rng, n, model.model_settings)
     anonymized = transform(model, images, keys.ANONYMIZE, password, attributes, settings.batch_size)
     faces = _Faces(
         model=model, attacker=attacker, originals=images, galleries=galleries,
-        stored=to_float(png_copies(to_uint8(anonymized))), password=password,
+        stored=from_uint8(png_copies(to_uint8(anonymized))), password=password,
         attributes=attributes, batch_size=int(settings.batch_size), say=say,
     )  # fmt: skip
     faces.right = faces.recover(faces.stored, password, attributes)
     return faces
 
 
-def security_study(model, attacker, images, galleries, config, *, settings=None, progress=True):
+def security_study(model, attacker, images, galleries, settings: Security, *, progress=True):
     """report.json's `security` section (module docstring) for `images` ((N, S, S, 3) in
     [-1, 1], people never seen in training) and `galleries` ((N, D): the attacker's
     template of each image's person, from other photos: Attacker.galleries).
 
-    `settings` (a mapping or ConfigDict) overrides default_settings() and config.eval.security.
+    `settings`: the run's `eval.security` (configs/default.py).
     """
-    settings = settings_from_config(config, settings)
     images, galleries = np.asarray(images, np.float32), np.asarray(galleries, np.float32)
     _check_inputs(model, images, galleries)
     started, say = time.perf_counter(), log.info if progress else lambda *args: None
     n = min(int(settings.num_faces), len(images))
-    k, num_attributes = int(model.config.model.password_bits), len(model.key_attributes)
+    k, num_attributes = model.model_settings.password_bits, len(model.key_attributes)
     say("security: %d faces, each with its own key (%d password bits, %d key attributes)",
         n, k, num_attributes)  # fmt: skip
     rng_right, rng_hamming, rng_attack = jax.random.split(jax.random.key(settings.seed), 3)
@@ -420,7 +303,7 @@ def security_study(model, attacker, images, galleries, config, *, settings=None,
         "key_space_bits": k + num_attributes,
         "password_bits": k,
         "attribute_bits": num_attributes,
-        "kdf_seconds_per_guess": keys.kdf_seconds_per_guess(settings.kdf_repeats),
+        "kdf_seconds_per_guess": passphrase_lib.kdf_seconds_per_guess(settings.kdf_repeats),
         "right_key": figures(faces.right, faces.right, right_key=True),
         "anonymized": figures(anonymized, faces.right, right_key=False),
         "hamming": hamming,
