@@ -167,7 +167,8 @@ class Train:
     @property
     def generator_images(self) -> int:
         """Images per step that G and D train on."""
-        return self.generator_batch_size or self.global_batch_size
+        size = self.generator_batch_size
+        return self.global_batch_size if size is None else size
 
     def check(self):
         for name in ("num_steps", "global_batch_size", "log_every_steps",

@@ -1,39 +1,18 @@
 """`python -m sdn_jax.benchmark` on the tiny config: the command line, the table, the JSON."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from tiny_model import subprocess_env
 
 from configs import tiny
 from sdn_jax import benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.slow
-def test_sections_write_json(tmp_path, tiny_data_dir, jax_cache_dir):
-    out = tmp_path / "bench.json"
-    command = [
-        sys.executable,
-        "-m",
-        "sdn_jax.benchmark",
-        "input_pipeline",
-        "synth_faces_renderer",
-        "train_step",
-        "--config",
-        "configs/tiny.py",
-        f"--data_dir={tiny_data_dir}",
-        f"--out={out}",
-        "--num_batches=5",
-        "--warmup_batches=1",
-    ]
-    # The session's compilation cache: the tiny run compiled this train step already.
-    env = subprocess_env(jax_cache_dir)
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+def test_sections_write_json(benchmark_job):
+    # runs.benchmark_job: input_pipeline, synth_faces_renderer and train_step, 5 batches
+    # each after 1 untimed, with the session's data and compilation cache.
+    out, done = benchmark_job.result()
     assert done.returncode == 0, done.stderr[-3000:]
     assert "images_per_s" in done.stdout
     results = json.loads(out.read_text())

@@ -61,7 +61,6 @@ def model(trained_run):
     return inference.load(trained_run, batch_size=8)
 
 
-@pytest.fixture(scope="module")
 def small(**changes):
     """The tiny run's eval.security, shrunk to seconds."""
     return dataclasses.replace(tiny_settings().eval.security, **{**SMALL, **changes})

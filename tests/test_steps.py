@@ -1,18 +1,15 @@
 """The train step: key sampling, the dual pass, the losses' wiring, and sharded ==
 single-device.
 
-The sharded test runs this file as a script in a subprocess with 8 fake CPU devices
-(XLA_FLAGS must be set before JAX starts); the script prints one JSON line that the
-tests here check. Compiles are slow on CPU, so it compiles each train step once and
-every sharding test reads the same run.
+The sharded tests read this file run as a script in a subprocess with 8 fake CPU devices
+(XLA_FLAGS must be set before JAX starts; runs.sharded_job, started when the session
+begins); the script prints one JSON line that the tests here check. Compiles are slow on
+CPU, so it compiles each train step once and every sharding test reads the same run.
 """
 
 import dataclasses
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +21,6 @@ from sdn_jax import augment, keys, losses, objectives, sharding, steps, training
 from sdn_jax import settings as settings_lib
 from sdn_jax import state as state_lib
 from sdn_jax.models import sdn
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _replace(settings, section: str, **changes):
     """`settings` with fields of one section changed (a frozen dataclass: a copy)."""
@@ -590,21 +584,10 @@ def _mesh(data, fsdp):
 
 
 @pytest.fixture(scope="module")
-def sharded_report():
-    env = dict(os.environ)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, __file__],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+def sharded_report(sharded_job):
+    """The report of this file run as a script with 8 devices (runs.sharded_job, started
+    in the background when the session begins)."""
+    result = sharded_job.result()
     assert result.returncode == 0, result.stderr[-5000:]
     line = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")][-1]
     report = json.loads(line[len("RESULT ") :])

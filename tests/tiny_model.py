@@ -56,7 +56,8 @@ def subprocess_env(cache_dir=None, **extra) -> dict:
     expensive passes off, and (with `cache_dir`) a persistent compilation cache, so a
     program that another subprocess compiled before is loaded, not compiled again."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_XLA}".strip()
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    env["XLA_FLAGS"] = xla_flags if FAST_XLA in xla_flags else f"{xla_flags} {FAST_XLA}".strip()
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     if cache_dir is not None:
         env.update(

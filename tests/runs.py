@@ -1,0 +1,282 @@
+"""Runs of `python -m sdn_jax.main` (and the other commands) for the end-to-end tests.
+
+Each `*_job` function does the slow part of one test (training subprocesses, signals,
+restarts) and returns what the test checks; conftest.py starts them on background
+threads when the session begins (`jobs`), so they run while the in-process tests do.
+They never assert: a failure to run shows in what they return, and the test says why.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tiny_model import ROOT, main_command, subprocess_env
+
+TIMEOUT_S = 600
+# Long enough to interrupt (the first checkpoint commits at step 4 of 24: 20 steps, seconds,
+# to send the signal in), samples only at the end. Resumed and fallback runs repeat this
+# exact command, so they compile nothing.
+END = 24
+LONG = (
+    f"--config.train.num_steps={END}",
+    "--config.train.checkpoint_every_steps=4",
+    "--config.train.log_every_steps=4",
+    "--config.train.sample_every_steps=1000",
+)
+NONFINITE_LOSS = (
+    # The warm-up gives step 1 a learning rate of 0 and step 2 one of 5e29: Adam's first
+    # update moves every weight by about that much, so step 3's forward pass overflows.
+    "--config.optim.learning_rate=1e30",
+    "--config.train.log_every_steps=1",
+    "--config.train.checkpoint_every_steps=2",
+)
+NONFINITE_UPDATE = (
+    # Step 2's generator learning rate overflows to inf (5e37 x 1e10 in float32): its
+    # loss, computed before the update, is finite, but the state it would save is not.
+    "--config.optim.learning_rate=1e38",
+    "--config.optim.generator_lr_scale=1e10",
+    "--config.train.log_every_steps=1",
+    "--config.train.checkpoint_every_steps=1",
+)
+WARMUP = ("--config.train.classifier_warmup_steps=2", "--config.train.num_steps=4")
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+_live: set[subprocess.Popen] = set()  # the runs in progress, for stop_all
+_live_lock = threading.Lock()
+_stopping = threading.Event()
+
+
+def _popen(command, **kwargs) -> subprocess.Popen:
+    with _live_lock:
+        if _stopping.is_set():
+            raise RuntimeError("the test session is ending: no new runs")
+        process = subprocess.Popen(command, **kwargs)
+        _live.add(process)
+    return process
+
+
+def _wait(process: subprocess.Popen, timeout: float) -> None:
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        pytest.fail(f"{process.args} ran over {timeout} s")
+    finally:
+        with _live_lock:
+            _live.discard(process)
+
+
+def stop_all() -> None:
+    """Kills the runs in progress and refuses new ones (the session is ending)."""
+    with _live_lock:
+        _stopping.set()
+        for process in _live:
+            process.kill()
+
+
+def run_command(command, *, env, timeout=TIMEOUT_S) -> Result:
+    """subprocess.run(command) from the repository root, output captured (in files: no
+    pipe to fill), stoppable by stop_all."""
+    with tempfile.TemporaryDirectory() as folder:
+        out_path, err_path = Path(folder) / "out", Path(folder) / "err"
+        with open(out_path, "w") as out, open(err_path, "w") as err:
+            process = _popen(command, cwd=ROOT, env=env, stdout=out, stderr=err)
+        _wait(process, timeout)
+        return Result(process.returncode, out_path.read_text(), err_path.read_text())
+
+
+class Runner:
+    """Starts `python -m sdn_jax.main` on the tiny config with the session's compilation
+    cache and prepared data, and XLA's expensive CPU passes off."""
+
+    def __init__(self, cache_dir: Path, data_dir: Path):
+        self.data_dir = data_dir
+        self.env = subprocess_env(cache_dir)
+
+    def command(self, workdir, *flags) -> list[str]:
+        return main_command(workdir, self.data_dir, *flags)
+
+    def start(self, log_prefix: Path, workdir, *flags, env=None) -> subprocess.Popen:
+        """Output goes to files (no pipe to fill while the test polls the workdir)."""
+        log_prefix.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{log_prefix}.out", "w") as out, open(f"{log_prefix}.err", "w") as err:
+            process = _popen(
+                self.command(workdir, *flags),
+                cwd=ROOT,
+                env={**self.env, **(env or {})},
+                stdout=out,
+                stderr=err,
+            )
+        process.log_prefix = log_prefix
+        return process
+
+    def finish(self, process: subprocess.Popen) -> Result:
+        _wait(process, TIMEOUT_S)
+        prefix = process.log_prefix
+        return Result(
+            process.returncode, Path(f"{prefix}.out").read_text(), Path(f"{prefix}.err").read_text()
+        )
+
+    def run(self, log_prefix: Path, workdir, *flags, env=None) -> Result:
+        return self.finish(self.start(log_prefix, workdir, *flags, env=env))
+
+
+def metrics(workdir: Path) -> list[dict]:
+    with open(workdir / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def train_lines(workdir: Path) -> dict[int, dict]:
+    """step -> the last train line logged for it (a resumed run logs some steps again)."""
+    return {m["step"]: m for m in metrics(workdir) if m["split"] == "train"}
+
+
+def committed_steps(workdir: Path) -> list[int]:
+    """Checkpoint steps Orbax finished (it renames a step's folder into place when done)."""
+    folders = (workdir / "checkpoints").glob("*/commit_success.txt")
+    return sorted(int(p.parent.name) for p in folders if p.parent.name.isdigit())
+
+
+def tree_digest(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` and its content."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _wait_for(condition, process: subprocess.Popen, timeout: float = TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            err = Path(f"{process.log_prefix}.err").read_text()[-3000:]
+            pytest.fail(
+                f"the run ended (exit {process.returncode}) before it could be stopped:\n{err}"
+            )
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("timed out waiting for the run")
+        time.sleep(0.02)
+
+
+# ------------------------------------------------------------------------------ jobs
+
+
+def tiny_job(runner: Runner, base: Path) -> tuple[Path, Result]:
+    """The tiny config's run as the README shows it (6 steps at 32 px)."""
+    return base / "run", runner.run(base / "log", base / "run")
+
+
+def long_job(runner: Runner, base: Path) -> tuple[Path, Result]:
+    """LONG uninterrupted: the reference of the resumed runs."""
+    return base / "run", runner.run(base / "log", base / "run", *LONG)
+
+
+@dataclass
+class Interrupted:
+    workdir: Path
+    stopped: Result  # the run that got the signal
+    committed: list[int]  # checkpoints it left
+    logged_steps: list[int]  # train lines it logged
+    lines: int  # metrics.jsonl lines it left
+    restart: Result  # the same command again
+
+
+def interrupted_job(runner: Runner, base: Path, sig: int) -> Interrupted:
+    """LONG, sent `sig` once its first checkpoint committed (in the loop: the signal
+    handler is installed), then the same command again."""
+    workdir = base / "run"
+    process = runner.start(base / "stopped", workdir, *LONG)
+    _wait_for(lambda: committed_steps(workdir), process)
+    process.send_signal(sig)
+    stopped = runner.finish(process)
+    committed, lines = committed_steps(workdir), len(metrics(workdir))
+    logged = sorted(train_lines(workdir))
+    if stopped.returncode not in (130, -signal.SIGKILL):
+        return Interrupted(workdir, stopped, committed, logged, lines, Result(-1, "", ""))
+    restart = runner.run(base / "restart", workdir, *LONG)
+    return Interrupted(workdir, stopped, committed, logged, lines, restart)
+
+
+def garble_arrays(step_dir: Path) -> None:
+    """Overwrites the step's array data (the merged OCDBT data files)."""
+    for path in (step_dir / "state" / "d").iterdir():
+        path.write_bytes(b"not a checkpoint" * 8)
+
+
+def corrupt_job(runner: Runner, base: Path, long_run) -> tuple[Path, Result]:
+    """A copy of the finished LONG run with its newest checkpoint's arrays garbled, run
+    again with the same command (`long_run`: long_job's future)."""
+    reference, _ = long_run.result()
+    workdir = base / "run"
+    shutil.copytree(reference, workdir)
+    garble_arrays(workdir / "checkpoints" / str(END))
+    return workdir, runner.run(base / "log", workdir, *LONG)
+
+
+def flags_job(runner: Runner, base: Path, *flags) -> tuple[Path, Result]:
+    """A fresh run of the tiny config with `flags`."""
+    return base / "run", runner.run(base / "log", base / "run", *flags)
+
+
+@dataclass
+class Rerun:
+    workdir: Path
+    before: dict  # metrics, checkpoints and samples of the copy before the rerun
+    result: Result
+
+
+def rerun_job(runner: Runner, base: Path, finished, *flags) -> Rerun:
+    """A copy of a finished run (`finished`: tiny_job's future) run again with `flags`;
+    eval/heldout_summary.json is removed first, so that a written one is a new one."""
+    source, _ = finished.result()
+    workdir = base / "run"
+    shutil.copytree(source, workdir)
+    summary = workdir / "eval" / "heldout_summary.json"
+    before = dict(
+        metrics=metrics(workdir),
+        checkpoints=tree_digest(workdir / "checkpoints"),
+        samples=tree_digest(workdir / "samples"),
+        summary=json.loads(summary.read_text()),
+    )
+    summary.unlink()
+    return Rerun(workdir, before, runner.run(base / "log", workdir, *flags))
+
+
+def benchmark_job(base: Path, data_dir: Path, cache_dir: Path, finished=None):
+    """`python -m sdn_jax.benchmark` on the tiny config: (the JSON path, the process).
+    After the tiny run (`finished`) when given: its train step is in the cache then."""
+    if finished is not None:
+        finished.result()
+    out = base / "bench.json"
+    command = [
+        sys.executable, "-m", "sdn_jax.benchmark",
+        "input_pipeline", "synth_faces_renderer", "train_step",
+        "--config", "configs/tiny.py", f"--data_dir={data_dir}", f"--out={out}",
+        "--num_batches=5", "--warmup_batches=1",
+    ]  # fmt: skip
+    return out, run_command(command, env=subprocess_env(cache_dir))
+
+
+def sharded_job() -> Result:
+    """tests/test_steps.py as a script, with 8 fake CPU devices (XLA_FLAGS must be set
+    before JAX starts): one JSON line of the sharded runs' differences."""
+    env = subprocess_env()
+    env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} --xla_force_host_platform_device_count=8"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env["PYTHONPATH"]])
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # its programs are its own
+    return run_command([sys.executable, str(ROOT / "tests" / "test_steps.py")], env=env)
