@@ -95,9 +95,10 @@ def params(tiny):
 def tiny_data_dir(tmp_path_factory) -> Path:
     """The tiny config's synthetic dataset, prepared once for the session: pass it as
     `--config.data.data_dir` (or a Data section's data_dir). Tests must not write to it."""
+    from tiny_model import tiny_settings
+
     import sdn_jax.data
     from sdn_jax.data import builders
-    from tiny_model import tiny_settings
 
     data_dir = tmp_path_factory.mktemp("tfds")
     data = tiny_settings().data

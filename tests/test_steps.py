@@ -22,6 +22,7 @@ from sdn_jax import settings as settings_lib
 from sdn_jax import state as state_lib
 from sdn_jax.models import sdn
 
+
 def _replace(settings, section: str, **changes):
     """`settings` with fields of one section changed (a frozen dataclass: a copy)."""
     return dataclasses.replace(
