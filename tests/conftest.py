@@ -45,6 +45,7 @@ import runs  # noqa: E402
 # thread runs every in-process test first while those runs take the other core.
 _LAST = (
     "test_steps.py",
+    "test_identity_probe.py",
     "test_inference.py",
     "test_anonymize_cli.py",
     "test_evaluate.py",
@@ -104,6 +105,21 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     data = tiny_settings().data
     builders.prepare(data.name, data.image_size, data_dir, **sdn_jax.data.dataset_options(data))
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def trained_attacker(tiny_data_dir, tmp_path_factory):
+    """(workdir, attacker, log): get_attacker trained the small attacker of
+    tiny_model.evaluation_settings into a fresh workdir's cache (eval/attacker/), once
+    for the session. Read only: tests copy the cache into a workdir of their own."""
+    from tiny_model import evaluation_settings, logged
+
+    from sdn_jax.evaluation import attacker as attacker_lib
+
+    workdir = tmp_path_factory.mktemp("attacker_cache") / "run"
+    with logged() as messages:
+        attacker = attacker_lib.get_attacker(evaluation_settings(tiny_data_dir), str(workdir))
+    return workdir, attacker, "\n".join(messages)
 
 
 @pytest.fixture(scope="session")
@@ -200,6 +216,11 @@ def benchmark_job(jobs, tiny_data_dir, jax_cache_dir, tiny_run_job, tmp_path_fac
 
 
 @pytest.fixture(scope="session")
+def identity_probe_job(jobs, tmp_path_factory):
+    return jobs.submit(runs.identity_probe_job, _base(tmp_path_factory, "identity_probe"))
+
+
+@pytest.fixture(scope="session")
 def rerun_finished_job(jobs, runner, tiny_run_job, tmp_path_factory):
     base = _base(tmp_path_factory, "rerun_finished")
     return jobs.submit(runs.rerun_job, runner, base, tiny_run_job)
@@ -221,6 +242,7 @@ def corrupt_job(jobs, runner, long_run_job, tmp_path_factory):
 _JOBS = (
     "tiny_run_job",
     "sharded_job",
+    "identity_probe_job",
     "long_run_job",
     "nonfinite_loss_job",
     "nonfinite_update_job",

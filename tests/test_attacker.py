@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_model import tiny_config
+from tiny_model import evaluation_settings, tiny_config
 
 from sdn_jax import augment
 from sdn_jax import settings as settings_lib
@@ -165,45 +165,15 @@ def test_embed_does_not_depend_on_the_batch(tiny_attacker):
         attacker.embed(x[0])
 
 
-def _run_settings(data_dir, **attacker_changes) -> settings_lib.Settings:
-    """The tiny run's settings, its data in the session's prepared folder and a small,
-    briefly trained attacker."""
-    small = dict(num_steps=20, attribute_steps=10, photos_per_person=3) | attacker_changes
-    changes = {f"eval.attacker.{k}": v for k, v in {**SMALL, **small}.items()}
-    return settings_lib.from_config(tiny_config(**{"data.data_dir": str(data_dir), **changes}))
-
-
 @pytest.fixture(scope="module")
 def run_settings(tiny_data_dir) -> settings_lib.Settings:
-    return _run_settings(tiny_data_dir)
+    """The tiny run's settings with the session's small attacker (trained_attacker)."""
+    return evaluation_settings(tiny_data_dir)
 
 
 @pytest.fixture(scope="module")
-def trained_cache(run_settings, tmp_path_factory):
-    """A workdir where get_attacker trained the attacker (into a fresh workdir, so always
-    by training), and what it logged. Read only: tests copy the cache into their own
-    workdir (`workdir_with_cache`)."""
-    workdir = tmp_path_factory.mktemp("attacker_cache") / "run"
-    handler = _ListHandler()
-    logger = logging.getLogger("sdn_jax")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        attacker = attacker_lib.get_attacker(run_settings, str(workdir))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    return workdir, attacker, "\n".join(handler.messages)
-
-
-class _ListHandler(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
+def trained_cache(trained_attacker):
+    return trained_attacker
 
 
 @pytest.fixture
@@ -266,7 +236,7 @@ def test_other_settings_or_data_are_not_served_from_the_cache(
 ):
     cache = os.path.join(workdir_with_cache, "eval", "attacker")
     _load(cache, run_settings)  # sound for its own settings
-    other_attacker = _run_settings(tiny_data_dir, margin=0.3)
+    other_attacker = evaluation_settings(tiny_data_dir, **{"eval.attacker.margin": 0.3})
     other_data = dataclasses.replace(
         run_settings, data=dataclasses.replace(run_settings.data, dataset_seed=1)
     )

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from tiny_model import tiny_config, tiny_settings
+from tiny_model import evaluation_settings, logged, tiny_settings
 
 from sdn_jax import keys
 from sdn_jax import settings as settings_lib
@@ -150,35 +150,8 @@ def test_targets_table_says_which_bars_are_met():
     )
 
 
-# A small attacker and report on the session's tiny run (its data in the session's folder).
-SMALL_EVALUATION = {
-    "eval.attacker.calibration_people": 4,
-    "eval.attacker.num_steps": 30,
-    "eval.attacker.attribute_steps": 20,
-    "eval.attacker.people_per_batch": 4,
-    "eval.attacker.photos_per_person": 2,
-    "eval.attacker.input_size": 32,
-    "eval.attacker.attribute_input_size": 32,
-    "eval.attacker.log_every_steps": 10,
-    "eval.attacker.batch_size": 32,
-    "eval.report.max_people": 4,
-    "eval.report.probes_per_person": 2,
-    "eval.report.validation_people": 3,
-    "eval.security.num_faces": 4,
-    "eval.security.num_random_keys": 8,
-    "eval.security.random_attack_faces": 2,
-    "eval.security.keys_per_call": 8,
-    "eval.security.kdf_repeats": 1,
-}
-
-
 def _evaluation_settings(data_dir, security: bool) -> settings_lib.Settings:
-    return settings_lib.from_config(
-        tiny_config(
-            **SMALL_EVALUATION,
-            **{"data.data_dir": str(data_dir), "eval.report.security": security},
-        )
-    )
+    return evaluation_settings(data_dir, **{"eval.report.security": security})
 
 
 def _evaluate(settings, workdir, caplog) -> tuple[dict, str]:
@@ -190,38 +163,23 @@ def _evaluate(settings, workdir, caplog) -> tuple[dict, str]:
 
 
 @pytest.fixture(scope="module")
-def evaluated_run(trained_run, tiny_data_dir, tmp_path_factory):
+def evaluated_run(trained_run, trained_attacker, tiny_data_dir, tmp_path_factory):
     """A copy of the tiny run evaluated by evaluate_run without the security study:
     (workdir, the returned report, the log). Read only: tests that evaluate again copy it."""
     run = tmp_path_factory.mktemp("evaluated") / "run"
     shutil.copytree(trained_run, run)
-    handler = _ListHandler()
-    logger = logging.getLogger("sdn_jax")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    # The session's small attacker (the attacker tests cover training it into the cache).
+    shutil.copytree(trained_attacker[0] / "eval" / "attacker", run / "eval" / "attacker")
+    with logged() as messages:
         report = evaluate.evaluate_run(_evaluation_settings(tiny_data_dir, False), str(run))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    return run, report, "\n".join(handler.messages)
-
-
-class _ListHandler(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
+    return run, report, "\n".join(messages)
 
 
 @pytest.mark.slow
 def test_evaluate_run_writes_the_report_on_a_tiny_run(evaluated_run):
     run, report, log_text = evaluated_run
     # Progress of every long part reaches the sdn_jax logger (main.py prints it).
-    for text in ("Training the attacker", "SDN outputs for", "Evaluation took"):
+    for text in ("Loaded the attacker", "SDN outputs for", "Evaluation took"):
         assert text in log_text, text
     # report.json is the report evaluate_run returned, as JSON.
     saved = json.loads((run / "eval" / "report.json").read_text())
@@ -255,7 +213,7 @@ def test_evaluate_run_writes_the_report_on_a_tiny_run(evaluated_run):
 
 
 @pytest.mark.slow
-def test_a_second_evaluation_loads_the_cached_attacker(
+def test_a_second_evaluation_with_the_cached_attacker_gives_the_same_figures(
     evaluated_run, tiny_data_dir, tmp_path, caplog
 ):
     source, first, _ = evaluated_run

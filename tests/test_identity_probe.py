@@ -7,13 +7,13 @@ import numpy as np
 from tools import identity_probe
 
 
-def test_identity_probe_learns_faces_not_nuisances(tmp_path):
-    # 10 people, 16 held-out photos each: 160 test photos keep chance-level probes within a
-    # few points of 0.1. Over seeds 0-7 the probes scored top1 0.54-0.69 (linear_pixels),
-    # 0.75-0.88 (tiny_cnn), 0.07-0.18 (nuisance_only) and 0.07-0.11 (background_pixels).
-    out = tmp_path / "probe.json"
-    argv = ["--people", "10", "--train_photos", "8", "--test_photos", "16", "--image_size", "32"]
-    identity_probe.main(argv + ["--steps", "100", "--linear_steps", "60", "--out", str(out)])
+def test_identity_probe_learns_faces_not_nuisances(identity_probe_job):
+    # runs.PROBE_ARGS: 10 people, 16 held-out photos each: 160 test photos keep
+    # chance-level probes within a few points of 0.1. Over seeds 0-7 the probes scored
+    # top1 0.54-0.69 (linear_pixels), 0.75-0.88 (tiny_cnn), 0.07-0.18 (nuisance_only) and
+    # 0.07-0.11 (background_pixels).
+    run, out = identity_probe_job.result()
+    assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
 
     assert set(result) >= {"people", "chance", "probes", "seconds"}

@@ -4,7 +4,9 @@ modified tiny configs, and the environment of `python -m sdn_jax.*` subprocesses
 Importable from pytest (tests/ is on sys.path) and from test_steps.py run as a script.
 """
 
+import contextlib
 import functools
+import logging
 import os
 import sys
 from pathlib import Path
@@ -42,6 +44,37 @@ def tiny_settings(**changes) -> settings_lib.Settings:
     return settings_lib.from_config(tiny_config(**changes))
 
 
+# A small attacker, briefly trained (seconds), and a small report: what the evaluation
+# and attacker-cache tests run on the session's tiny run (conftest.trained_attacker).
+SMALL_EVALUATION = {
+    "eval.attacker.input_size": 32,
+    "eval.attacker.widths": (16, 32, 64),
+    "eval.attacker.num_steps": 20,
+    "eval.attacker.people_per_batch": 8,
+    "eval.attacker.photos_per_person": 3,
+    "eval.attacker.attribute_input_size": 32,
+    "eval.attacker.attribute_widths": (16, 32, 64),
+    "eval.attacker.attribute_steps": 10,
+    "eval.attacker.attribute_batch_size": 32,
+    "eval.attacker.calibration_people": 4,
+    "eval.attacker.log_every_steps": 10,
+    "eval.attacker.batch_size": 64,
+    "eval.report.max_people": 4,
+    "eval.report.probes_per_person": 2,
+    "eval.report.validation_people": 3,
+    "eval.security.num_faces": 4,
+    "eval.security.num_random_keys": 8,
+    "eval.security.random_attack_faces": 2,
+    "eval.security.keys_per_call": 8,
+    "eval.security.kdf_repeats": 1,
+}
+
+
+def evaluation_settings(data_dir, **changes) -> settings_lib.Settings:
+    """The tiny run's settings with SMALL_EVALUATION, its data in `data_dir`."""
+    return tiny_settings(**{**SMALL_EVALUATION, "data.data_dir": str(data_dir), **changes})
+
+
 def tiny_setup():
     """(settings, networks, params) of the tiny config, params from key 0."""
     settings = tiny_settings()
@@ -51,13 +84,14 @@ def tiny_setup():
     return settings, networks, init(jax.random.key(0))
 
 
-def subprocess_env(cache_dir=None, **extra) -> dict:
+def subprocess_env(cache_dir=None, *, fast_compile=True, **extra) -> dict:
     """The environment of a `python -m sdn_jax.*` subprocess: JAX on the CPU, XLA's
-    expensive passes off, and (with `cache_dir`) a persistent compilation cache, so a
+    expensive passes off (`fast_compile`; a run that trains for real rather than compiles
+    is faster with them on), and (with `cache_dir`) a persistent compilation cache, so a
     program that another subprocess compiled before is loaded, not compiled again."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    xla_flags = os.environ.get("XLA_FLAGS", "")
-    env["XLA_FLAGS"] = xla_flags if FAST_XLA in xla_flags else f"{xla_flags} {FAST_XLA}".strip()
+    xla_flags = os.environ.get("XLA_FLAGS", "").replace(FAST_XLA, "").strip()
+    env["XLA_FLAGS"] = f"{xla_flags} {FAST_XLA}".strip() if fast_compile else xla_flags
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     if cache_dir is not None:
         env.update(
@@ -75,3 +109,21 @@ def main_command(workdir, data_dir, *flags, config="configs/tiny.py") -> list[st
     if workdir is not None:
         command.append(f"--workdir={workdir}")
     return [*command, f"--config.data.data_dir={data_dir}", *flags]
+
+
+@contextlib.contextmanager
+def logged(name: str = "sdn_jax"):
+    """Collects what the `name` logger says at INFO inside the block, into the yielded
+    list (caplog is function-scoped; module-scoped fixtures use this)."""
+    messages = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

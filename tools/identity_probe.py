@@ -136,9 +136,9 @@ def train_cnn(x_train, y_train, x_test, num_classes, steps, key, batch_size=64, 
     init_key, key = jax.random.split(key)
     x, y = jnp.asarray(x_train), jnp.asarray(y_train, jnp.int32)
     model = TinyCNN(num_classes)
-    params = model.init(init_key, x[:1])
+    params = jax.jit(model.init)(init_key, x[:1])  # eager init compiles every op alone
     opt = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, steps // 20 + 1, steps), 1e-4)
-    opt_state = opt.init(params)
+    opt_state = jax.jit(opt.init)(params)
 
     @jax.jit
     def step(params, opt_state, key):
