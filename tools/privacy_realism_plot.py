@@ -1,0 +1,111 @@
+"""The privacy-realism plane of several runs: one point per run, from its eval/report.json.
+
+x: how realistic the anonymized faces are (FID against real photos, divided by the same
+report's blurred-photo reference FID, so runs evaluated on other face sets compare; the
+target is <= 0.6). y: the share of anonymized faces the independent attacker links to
+their person (the target is <= 0.05). The good corner is bottom left.
+
+    python -m tools.privacy_realism_plot --run default=runs/default --run e55=runs/e55 \\
+        --default default --out docs/privacy_realism.png
+
+A run whose report has no realism section (no Inception weights, or evaluated before
+the section existed) is named and left out.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+FID_TARGET, MATCH_TARGET = 0.6, 0.05
+
+
+class ReportError(ValueError):
+    """A run's report is missing or lacks a figure the plot needs."""
+
+
+def point(report: dict) -> tuple[float, float, float]:
+    """(FID / blurred-reference FID, anonymized match rate, wrong-password FID ratio)."""
+    fid = report.get("realism", {}).get("fid")
+    if not fid:
+        why = report.get("realism", {}).get("missing", "no realism section in the report")
+        raise ReportError(why)
+    reference = fid["blurred_reference"]
+    return (
+        fid["anonymized"] / reference,
+        report["anonymized"]["identity_match_rate"],
+        fid["recovered_wrong_password"] / reference,
+    )
+
+
+def read_points(runs: dict[str, str]) -> tuple[dict, dict]:
+    """name -> point for the runs that have one; name -> why for those that don't."""
+    points, skipped = {}, {}
+    for name, workdir in runs.items():
+        path = os.path.join(workdir, "eval", "report.json")
+        try:
+            with open(path) as f:
+                points[name] = point(json.load(f))
+        except (OSError, json.JSONDecodeError, KeyError, ReportError) as e:
+            skipped[name] = f"{path}: {e}"
+    return points, skipped
+
+
+def plot(points: dict, path: str, default: str | None = None) -> None:
+    from matplotlib.figure import Figure  # noqa: PLC0415 (no pyplot: no global state)
+
+    figure = Figure(figsize=(7, 5), layout="constrained")
+    ax = figure.subplots()
+    for name, (fid, match, _) in points.items():
+        chosen = name == default
+        ax.scatter(fid, match, s=90 if chosen else 40, marker="*" if chosen else "o",
+                   color="tab:red" if chosen else "tab:blue", zorder=3)  # fmt: skip
+        ax.annotate(f"{name}{' (default)' if chosen else ''}", (fid, match), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    ax.axvline(FID_TARGET, color="grey", ls="--", label=f"FID target ({FID_TARGET} x blurred)")
+    ax.axhline(MATCH_TARGET, color="grey", ls=":", label=f"match-rate target ({MATCH_TARGET})")
+    ax.axvline(1.0, color="tab:orange", lw=0.8, label="blurred real photos (sigma 1 px)")
+    ax.set(
+        xlabel="anonymized FID / blurred-photo FID (lower: more realistic)",
+        ylabel="anonymized faces linked by the attacker (lower: more private)",
+        title="Privacy vs realism, one point per run",
+    )
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, loc="upper right")
+    figure.savefig(path, dpi=100)
+
+
+def _run_arg(text: str) -> tuple[str, str]:
+    name, sep, workdir = text.partition("=")
+    if not sep or not name or not workdir:
+        raise argparse.ArgumentTypeError(f"expected NAME=WORKDIR, got {text!r}")
+    return name, workdir
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=_run_arg, action="append", required=True,
+                        metavar="NAME=WORKDIR", help="a run to plot (repeat)")  # fmt: skip
+    parser.add_argument("--default", help="the NAME to mark as the chosen default")
+    parser.add_argument("--out", required=True, help="the PNG to write")
+    args = parser.parse_args(argv)
+    runs = dict(args.run)
+    if args.default is not None and args.default not in runs:
+        parser.error(f"--default {args.default!r} is not one of the runs: {', '.join(runs)}")
+    points, skipped = read_points(runs)
+    for name, why in skipped.items():
+        print(f"left out {name}: {why}", file=sys.stderr)
+    if not points:
+        print("no run has realism figures: nothing to plot", file=sys.stderr)
+        return 1
+    plot(points, args.out, args.default)
+    for name, (fid, match, wrong_fid) in points.items():
+        print(f"{name:12s} anonymized FID/blurred {fid:.3f}  match {match:.3f}  "
+              f"wrong-password FID/blurred {wrong_fid:.3f}")  # fmt: skip
+    print(f"Wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
