@@ -163,6 +163,10 @@ def get_config() -> ml_collections.ConfigDict:
     # gallery gets 3, the probe 1.
     report.validation_people = 200
     report.security = True  # the security study (sdn_jax/evaluation/security.py)
+    # FID / KID and two-sample tests of the outputs against real photos
+    # (sdn_jax/evaluation/realism.py). FID / KID need the Inception weights; without them
+    # the report says how to get them and gives the two-sample tests.
+    report.realism = True
 
     # The independent attacker (sdn_jax/evaluation/attacker.py), trained once per workdir
     # on original training photos only ("Evaluation: attacker", "A gallery attacker").
@@ -213,4 +217,23 @@ def get_config() -> ml_collections.ConfigDict:
     security.batch_size = 64  # faces per compiled call
     security.keys_per_call = 250  # random keys per compiled call (one face each)
     security.kdf_repeats = 3  # scrypt timings; the fastest counts
+
+    # The realism judge (sdn_jax/evaluation/realism.py, two_sample.py). The Inception
+    # pass (~10-15 images/s on 2 cores) dominates it; the real photos' features are
+    # cached beside the prepared dataset, so each evaluation computes only the outputs'.
+    evaluation.realism = realism = ml_collections.ConfigDict()
+    realism.seed = 20250404  # the two-sample tests' split of the people and their judges
+    realism.kid_subsets = 100  # KID: mean and std over this many random subsets
+    realism.kid_subset_size = 1000  # faces per subset (at most the number of faces)
+    realism.inception_batch_size = 50  # images per Inception call
+    # The CNN judge: 600 Adam steps of 64 images, ~15 s per output on 800 + 800 faces on
+    # 2 busy cores. On the default run's anonymized faces (seed 0) 300 steps told 0.93 of
+    # them from real photos, 800 steps 0.96.
+    realism.cnn_steps = 600
+    realism.cnn_batch_size = 64
+    # The pixel judge: full-batch Adam (< 1 s); 100 to 1,000 steps and L2 1e-3 to 1e-1
+    # gave the same accuracies within 0.02 on the default run's outputs (blurred photos
+    # at 1,000 steps: 0.69, not 0.76).
+    realism.logistic_steps = 300
+    realism.logistic_l2 = 1e-2
     return config

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from sdn_jax.settings import SettingsError
 
 # Fields an older run's config.json may lack: the value it ran with (its code's default).
+# Sections are named by their path ("eval.report"); a missing section is a value too.
 _LEGACY_VALUES = {
     "model": {
         "recovery": "conditioned",
@@ -20,6 +21,20 @@ _LEGACY_VALUES = {
     "data": {"photos_per_person_in_batch": 1, "in_memory_mb": 0.0},
     "train": {"generator_batch_size": None, "classifier_warmup_steps": 0, "ema_decay": 0.0},
     "loss": {"critic_recolour": 0.0, "classifier_recolour": 0.0},
+    # Runs before the realism judge: none (its settings are this version's defaults).
+    "eval.report": {"realism": False},
+    "eval": {
+        "realism": {
+            "seed": 20250404,
+            "kid_subsets": 100,
+            "kid_subset_size": 1000,
+            "inception_batch_size": 50,
+            "cnn_steps": 600,
+            "cnn_batch_size": 64,
+            "logistic_steps": 300,
+            "logistic_l2": 1e-2,
+        }
+    },
 }
 
 # Settings of experiments that were not adopted, removed with their code; an older run
@@ -51,7 +66,7 @@ def upgrade(raw: Mapping) -> dict:
     """
     if not isinstance(raw, Mapping):
         raise SettingsError(f"a run's config must be a JSON object, got {type(raw).__name__}")
-    config = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    config = _copy(raw)
     for name, fields in RETIRED.items():
         block = config.get(name)
         if not isinstance(block, dict):
@@ -62,9 +77,18 @@ def upgrade(raw: Mapping) -> dict:
                     f"{name}.{field} is a retired experiment setting (set in this run to "
                     f"{raw[name][field]!r}); this version of sdn-jax cannot reproduce it"
                 )
-    for name, fields in _LEGACY_VALUES.items():
-        block = config.get(name)
+    for path, fields in _LEGACY_VALUES.items():
+        block = config
+        for name in path.split("."):
+            block = block.get(name) if isinstance(block, dict) else None
         if isinstance(block, dict):
             for field, value in fields.items():
-                block.setdefault(field, value)
+                block.setdefault(field, _copy(value))
     return config
+
+
+def _copy(value):
+    """Nested mappings as new dicts: the upgrade never changes its input."""
+    if isinstance(value, Mapping):
+        return {k: _copy(v) for k, v in value.items()}
+    return value

