@@ -4,8 +4,9 @@ FID figures are only comparable when every step matches TF-FID (the network, the
 resize, the input scaling), so this reproduces it rather than torchvision's
 InceptionV3: each conv is followed by a batch norm with a shift but no scale (eps 1e-3)
 and a ReLU; branch average pools do not count padding; the last block's pool branch is a
-max pool. Images are resized to 299 x 299 with TF1's legacy bilinear resize (not the
-half-pixel one of `jax.image.resize`, which moves FID by several points).
+max pool. Images are resized to 299 x 299 with TF1's legacy bilinear resize, not the
+half-pixel one of `jax.image.resize`: on the tests' 32 px faces that one changes the
+features by 23% (norm) and FID(real, blurred) from 157.9 to 162.4.
 
 Load time folds each batch norm into its conv (kernel * scale, bias = beta - mean *
 scale), so the network is 94 conv + bias + ReLU layers (NHWC, XLA's fast layout on CPU).
