@@ -126,6 +126,13 @@ def frechet_distance(features_a, features_b) -> float:
     |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2)): FID's formula. It is FID
     only on InceptionV3 pool features; on the attacker's embeddings we call it
     `fd_attacker`.
+
+    With no more samples than dimensions (FID on a few thousand images: 2,048 dims), the
+    covariances are singular and scipy's sqrtm of their product is slow (15 s at 1,600
+    images) and inexact (identical sets give -5e-5). There, with X_a, X_b the centred rows
+    and S = X^T X / (n - 1), the eigenvalues of S_a S_b are the squared singular values of
+    the n_a x n_b matrix X_a X_b^T / sqrt((n_a - 1)(n_b - 1)), so the trace term is its
+    nuclear norm: exact, 0.6 s at 1,600, and identical sets give 0.
     """
     a = np.asarray(features_a, np.float64)
     b = np.asarray(features_b, np.float64)
@@ -134,16 +141,76 @@ def frechet_distance(features_a, features_b) -> float:
     if min(len(a), len(b)) < 2:
         raise ValueError("Each feature set needs at least 2 rows for a covariance")
     mu_a, mu_b = a.mean(0), b.mean(0)
+    diff = mu_a - mu_b
+    if max(len(a), len(b)) <= a.shape[1]:
+        xa, xb = a - mu_a, b - mu_b
+        dof_a, dof_b = len(a) - 1, len(b) - 1
+        cross = np.linalg.svd(xa @ xb.T, compute_uv=False).sum() / np.sqrt(dof_a * dof_b)
+        traces = np.sum(xa * xa) / dof_a + np.sum(xb * xb) / dof_b
+        return float(diff @ diff + traces - 2.0 * cross)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
     if not np.all(np.isfinite(covmean)):
-        # A singular product (fewer samples than dimensions): nudge both diagonals, as
-        # the reference FID code does.
+        # A singular product: nudge both diagonals, as the reference FID code does.
         offset = np.eye(a.shape[1]) * 1e-6
         covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
     covmean = np.real(covmean)  # Round-off leaves tiny imaginary parts.
-    diff = mu_a - mu_b
     return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
+
+
+# KID computes the kernel between whole sets once when neither has more rows than this
+# (three float64 matrices of at most 128 MB) and indexes the subsets out of it: 40x faster
+# at 1,600 rows. Larger sets compute each subset's kernels on their own.
+KID_FULL_KERNEL_MAX_ROWS = 4096
+
+
+def _cubic_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """KID's polynomial kernel (x.y / d + 1)^3 between the rows of x and of y."""
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
+
+
+def _unbiased_mmd2(k_xx: np.ndarray, k_yy: np.ndarray, k_xy: np.ndarray) -> float:
+    """Unbiased MMD^2 of two samples of m rows from their kernel matrices: the
+    within-set means leave out the diagonal k(x, x)."""
+    m = len(k_xx)
+    within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    return float(within - 2.0 * k_xy.mean())
+
+
+def kernel_inception_distance(
+    features_a, features_b, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> dict:
+    """KID (Binkowski et al. 2018): {"mean", "std"} of the unbiased MMD^2 over subsets.
+
+    Unlike FID it has no bias from the sample size (two samples of one distribution give
+    ~0, either sign), so figures at different set sizes compare. Each subset draws
+    `subset_size` rows (clipped to the smaller set) without replacement from each set,
+    with a seeded generator; "std" is the spread over subsets (not a standard error).
+    Polynomial kernel (x.y / d + 1)^3 on (N, D) features, float64.
+    """
+    a = np.asarray(features_a, np.float64)
+    b = np.asarray(features_b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"Expected (N, D) feature sets of one D, got {a.shape}, {b.shape}")
+    m = min(subset_size, len(a), len(b))
+    if m < 2 or num_subsets < 1:
+        raise ValueError(f"KID needs 2 rows per set and 1 subset, got {m} and {num_subsets}")
+    if max(len(a), len(b)) <= KID_FULL_KERNEL_MAX_ROWS:
+        k_aa, k_bb, k_ab = _cubic_kernel(a, a), _cubic_kernel(b, b), _cubic_kernel(a, b)
+        kernels = lambda i, j: (k_aa[np.ix_(i, i)], k_bb[np.ix_(j, j)], k_ab[np.ix_(i, j)])
+    else:
+        kernels = lambda i, j: (
+            _cubic_kernel(a[i], a[i]),
+            _cubic_kernel(b[j], b[j]),
+            _cubic_kernel(a[i], b[j]),
+        )
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(num_subsets):
+        rows_a = rng.choice(len(a), m, replace=False)
+        rows_b = rng.choice(len(b), m, replace=False)
+        values.append(_unbiased_mmd2(*kernels(rows_a, rows_b)))
+    return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
 
 def _unit(x) -> np.ndarray:
