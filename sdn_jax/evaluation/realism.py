@@ -44,14 +44,10 @@ CACHE_FOLDER = "realism_features"  # in the data dir, beside the prepared datase
 
 
 def load_inception(batch_size: int):
-    """(features_fn, weights_id), or (None, why) where the Inception weights (or the
-    module, in a build without it) are absent. Imported here: most runs never need it."""
-    try:
-        from sdn_jax.evaluation import inception  # noqa: PLC0415
-    except ModuleNotFoundError as error:
-        if error.name != "sdn_jax.evaluation.inception":
-            raise
-        return None, "this build has no Inception network (sdn_jax/evaluation/inception.py)"
+    """(features_fn, weights_id), or (None, why) where the Inception weights are not
+    installed. Imported here: most runs never need it."""
+    from sdn_jax.evaluation import inception  # noqa: PLC0415
+
     try:
         params = inception.load_params()
     except inception.InceptionWeightsMissing as error:
