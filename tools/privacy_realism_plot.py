@@ -58,10 +58,10 @@ def plot(points: dict, path: str, default: str | None = None) -> None:
     ax = figure.subplots()
     for name, (fid, match, _) in points.items():
         chosen = name == default
-        ax.scatter(fid, match, s=90 if chosen else 40, marker="*" if chosen else "o",
-                   color="tab:red" if chosen else "tab:blue", zorder=3)  # fmt: skip
-        ax.annotate(f"{name}{' (default)' if chosen else ''}", (fid, match), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        ax.scatter(fid, match, s=120 if chosen else 40, marker="*" if chosen else "o",
+                   color="tab:red" if chosen else "tab:blue", zorder=3,
+                   label="the chosen default" if chosen else None)  # fmt: skip
+        ax.annotate(name, (fid, match), fontsize=8, xytext=(4, 4), textcoords="offset points")
     ax.axvline(FID_TARGET, color="grey", ls="--", label=f"FID target ({FID_TARGET} x blurred)")
     ax.axhline(MATCH_TARGET, color="grey", ls=":", label=f"match-rate target ({MATCH_TARGET})")
     ax.axvline(1.0, color="tab:orange", lw=0.8, label="blurred real photos (sigma 1 px)")
@@ -70,9 +70,9 @@ def plot(points: dict, path: str, default: str | None = None) -> None:
         ylabel="anonymized faces linked by the attacker (lower: more private)",
         title="Privacy vs realism, one point per run",
     )
-    ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.set_xlim(0, max(1.5, 1.1 * max(p[0] for p in points.values())))
+    ax.set_ylim(0, max(2 * MATCH_TARGET, 1.15 * max(p[1] for p in points.values())))
+    ax.legend(fontsize=7, loc="upper left")
     figure.savefig(path, dpi=100)
 
 
