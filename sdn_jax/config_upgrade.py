@@ -28,7 +28,7 @@ _LEGACY_VALUES = {
             "seed": 20250404,
             "num_faces": 400,
             "kid_subsets": 100,
-            "kid_subset_size": 1000,
+            "kid_subset_size": 100,
             "inception_batch_size": 50,
             "cnn_steps": 600,
             "cnn_batch_size": 64,

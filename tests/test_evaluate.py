@@ -187,6 +187,16 @@ def test_targets_table_says_which_bars_are_met():
     assert "| one wrong bit fails verification | >= 0.95 | 0.970 | yes | - |" in (
         report_markdown.targets_markdown(report)
     )
+    assert "FID" not in report_markdown.targets_markdown(report)  # no realism section
+    # Issue 16's realism bars, as ratios to the blurred reference of the same report.
+    report["realism"] = _realism(weights=True)  # FIDs 10 + row index: blurred is 15
+    text = report_markdown.targets_markdown(report)
+    assert "| anonymized FID / blurred-photo FID | <= 0.6 | 0.667 | **no** | - |" in text
+    assert "| anonymized: pixel two-sample accuracy | <= 0.8 | 0.875 | **no** | - |" in text
+    assert "| wrong-password FID / blurred-photo FID | <= 0.8 | 0.800 | yes | - |" in text
+    report["realism"] = _realism(weights=False)  # the two-sample bar without FIDs
+    text = report_markdown.targets_markdown(report)
+    assert "pixel two-sample accuracy" in text and "FID / blurred" not in text
 
 
 def _evaluation_settings(data_dir, security: bool, judge_realism: bool = False):

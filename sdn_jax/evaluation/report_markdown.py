@@ -33,6 +33,22 @@ TARGETS = (
 )  # fmt: skip
 
 
+def _fid_ratio(report: dict, name: str):
+    """An output's FID over the blurred-photo reference's, in the same report."""
+    fid = _lookup(report, ("realism", "fid")) or {}
+    return fid[name] / fid["blurred_reference"] if name in fid else None
+
+
+# Issue 16's realism bars: (figure, figure of the report, bar); all at most the bar.
+REALISM_TARGETS = (
+    ("anonymized FID / blurred-photo FID", lambda r: _fid_ratio(r, "anonymized"), 0.6),
+    ("anonymized: pixel two-sample accuracy",
+     lambda r: _lookup(r, ("realism", "two_sample", "anonymized", "pixel_logistic")), 0.80),
+    ("wrong-password FID / blurred-photo FID",
+     lambda r: _fid_ratio(r, "recovered_wrong_password"), 0.8),
+)  # fmt: skip
+
+
 def _lookup(report: dict, path):
     value = report
     for part in path:
@@ -58,6 +74,11 @@ def targets_markdown(report: dict) -> str:
             f"| {label} | {target} | {value:.3f} | {'yes' if met else '**no**'} | "
             f"{_fmt(one_photo)} |"
         )
+    for label, figure, bar in REALISM_TARGETS:
+        value = figure(report)
+        if value is not None:
+            lines.append(f"| {label} | <= {bar:g} | {value:.3f} | "
+                         f"{'yes' if value <= bar else '**no**'} | - |")  # fmt: skip
     return "\n".join(lines)
 
 
