@@ -48,7 +48,6 @@ _LAST = (
     "test_identity_probe.py",
     "test_inference.py",
     "test_anonymize_cli.py",
-    "test_anonymize_cli_errors.py",
     "test_evaluate.py",
     "test_security.py",
     "test_benchmark.py",

