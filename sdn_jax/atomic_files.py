@@ -1,0 +1,27 @@
+"""Files that a reader never sees half written: reports, caches, pictures."""
+
+import contextlib
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def written_atomically(path, mode: str = "wb"):
+    """Yields a new file beside `path`; when the block ends without error it is synced and
+    renamed over `path`, else removed. The temporary name is unique (mkstemp), so two
+    writers, or a file already lying at a guessable name, cannot mix into the result."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
+                                     suffix=".tmp")  # fmt: skip
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
