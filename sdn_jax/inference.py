@@ -16,6 +16,7 @@ it is not part of any compiled program or compilation cache; a Key's repr hides 
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -71,6 +72,20 @@ def make_key(passphrase: str, choices: Mapping[str, bool], model: settings_lib.M
     return Key(password=passphrase_lib.bits_to_vector(bits), attributes=attributes)
 
 
+def weights_fingerprint(params: Mapping) -> str:
+    """A short hash of E's and G's weights (names, shapes, dtypes and bytes): not a secret,
+    it tells two runs (or two steps of one run) apart, since recovery needs the very
+    weights that anonymized."""
+    digest = hashlib.sha256()
+    for name in state_lib.INFERENCE_NETWORKS:
+        for where, leaf in jax.tree_util.tree_leaves_with_path(params[name]):
+            array = np.ascontiguousarray(jax.device_get(leaf))
+            header = f"{name}{jax.tree_util.keystr(where)}:{array.dtype.str}:{array.shape};"
+            digest.update(header.encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _transform(encoder, decoder, params, images, direction, password, attributes):
     """One fixed-size batch; the modules are static (equal configs share one compile)."""
@@ -95,6 +110,11 @@ class Model:
         self.model_settings = run.model
         self.networks = sdn.build_networks(run.model)
         self.params = {"encoder": params["encoder"], "decoder": params["decoder"]}
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """weights_fingerprint of this model's E and G."""
+        return weights_fingerprint(self.params)
 
     @property
     def image_size(self) -> int:

@@ -48,6 +48,9 @@ def test_load_reads_the_run_and_only_encoder_and_decoder(model, trained_run):
     assert inference.load(checkpoint=trained_run / "checkpoints").step == 6
     moved = jax.tree.leaves(older.params["decoder"]), jax.tree.leaves(model.params["decoder"])
     assert any(not np.array_equal(a, b) for a, b in zip(*moved)), "steps 3 and 6 are the same"
+    # The fingerprint tells the steps apart and depends only on the weights.
+    assert len(model.fingerprint) == 16 and older.fingerprint != model.fingerprint
+    assert inference.weights_fingerprint(jax.tree.map(np.array, model.params)) == model.fingerprint
 
 
 def test_load_reads_the_moving_averages_the_run_kept(model, trained_run):
