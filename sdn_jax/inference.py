@@ -240,13 +240,21 @@ def _init_params(rng, networks, run: RunConfig) -> dict:
 
 def restore_generator(run: RunConfig, step_dir: str | os.PathLike) -> tuple[dict, int]:
     """(E and G params, the saved step) from one checkpoint step folder, on one device."""
+    # A run that keeps moving averages of E and G (train.ema_decay) is used through them.
+    group = "ema_params" if run.ema else "params"
+    return restore_networks(run, step_dir, state_lib.INFERENCE_NETWORKS, group)
+
+
+def restore_networks(
+    run: RunConfig, step_dir: str | os.PathLike, names, group: str = "params"
+) -> tuple[dict, int]:
+    """({name: params} of the networks `names` from the state's `group` ("params" or
+    "ema_params"), the saved step): an Orbax partial restore, on one device."""
     networks = sdn.build_networks(run.model)
     abstract = jax.eval_shape(lambda: _init_params(jax.random.key(0), networks, run))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    # A run that keeps moving averages of E and G (train.ema_decay) is used through them.
-    group = "ema_params" if run.ema else "params"
     target = {
-        group: {name: abstract[name] for name in state_lib.INFERENCE_NETWORKS},
+        group: {name: abstract[name] for name in names},
         "step": jax.ShapeDtypeStruct((), jnp.int32),
     }
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), target)

@@ -306,7 +306,11 @@ def test_evaluate_run_with_the_security_study(evaluated_run, tiny_data_dir, tmp_
     saved = json.loads((run / "eval" / "report.json").read_text())
     assert saved == json.loads(json.dumps(report))
     assert saved["security"]["key_space_bits"] == 16 + 2  # password bits + key attributes
+    leaked = saved["security"]
+    assert sorted(leaked["common_change_attack"]) == ["per_image_salt", "shared_key"]
+    assert "1" in leaked["known_pairs_attack"]  # and "4" where more than 4 faces are studied
+    assert 0.0 <= leaked["key_predictor_bit_accuracy"] <= 1.0
     markdown = (run / "eval" / "report.md").read_text()
     assert markdown == report_markdown.report_markdown(saved) + "\n"
-    assert "## Security" in markdown
+    assert "## Security" in markdown and "Attacks on a folder of anonymized faces" in markdown
     assert (run / "eval" / "security.png").stat().st_size > 1000

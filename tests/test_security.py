@@ -18,7 +18,14 @@ from tiny_model import tiny_settings
 from sdn_jax import inference, keys
 from sdn_jax.data import synth as synth_faces
 from sdn_jax.evaluation import attacker as attacker_lib
-from sdn_jax.evaluation import attacker_training, security, security_keys, security_plot
+from sdn_jax.evaluation import (
+    attacker_training,
+    leaks,
+    report_markdown,
+    security,
+    security_keys,
+    security_plot,
+)
 
 SMALL = dict(
     num_faces=12,
@@ -248,3 +255,33 @@ def test_bad_inputs_are_clear_errors(model, study):
         run(probes, probes)  # photos, not the attacker's templates
     with pytest.raises(ValueError, match=r"images must be \(N, 32, 32, 3\)"):
         run(probes[:, :16], galleries)
+
+
+def test_folder_attacks_undo_a_shared_change_and_not_per_image_ones(study):
+    """Hand-made folders: anonymizing adds a change c(key). Under one shared key the
+    folder's mean (or one known pair) gives c away exactly; with a key per image the
+    same attacks gain nothing (or lose)."""
+    _, attacker, _, _ = study
+    rng = np.random.default_rng(0)
+    originals = rng.uniform(-0.5, 0.5, (16, 32, 32, 3)).astype(np.float32)
+    galleries = attacker.embed(originals)
+    shared_change = rng.uniform(-0.4, 0.4, (32, 32, 3)).astype(np.float32)
+    own_changes = rng.uniform(-0.4, 0.4, (16, 32, 32, 3)).astype(np.float32)
+    folders = {"shared_key": originals + shared_change, "per_image_salt": originals + own_changes}
+
+    common = leaks.common_change_attack(
+        folders, originals, galleries, attacker, public_mean=originals.mean(axis=0)
+    )
+    assert common["shared_key"]["psnr_gain_db"] > 50  # the originals exactly (PSNR capped)
+    assert abs(common["per_image_salt"]["psnr_gain_db"]) < 1.0
+    assert common["shared_key"]["match_rate_gain"] >= common["per_image_salt"]["match_rate_gain"]
+
+    pairs = leaks.known_pairs_attack(folders, originals, galleries, attacker)
+    assert sorted(pairs) == ["1", "4"]
+    for k in ("1", "4"):
+        assert pairs[k]["psnr_gain_db"] > 50
+        assert pairs[k]["per_image_salt"]["psnr_gain_db"] < 0.5
+    markdown = report_markdown.leaks_markdown(
+        {"common_change_attack": common, "known_pairs_attack": pairs}
+    )
+    assert "| 1 known pair(s)" not in markdown and "mean change of 4 known pair(s)" in markdown

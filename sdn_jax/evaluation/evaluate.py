@@ -313,6 +313,9 @@ def evaluate_run(settings: Settings, workdir: str, *, step: int | None = None) -
             model, attacker, test["probes"][spread], test_galleries[spread],
             settings.eval.security,
         )  # fmt: skip
+        report["security"].update(
+            _leak_study(model, attacker, test, test_galleries, spread, settings, workdir)
+        )
         if jax.process_index() == 0:
             security_plot.plot_security(report["security"], os.path.join(eval_dir, SECURITY_PLOT))
     report["seconds"] = time.perf_counter() - started
@@ -321,6 +324,25 @@ def evaluate_run(settings: Settings, workdir: str, *, step: int | None = None) -
         _write_atomically(os.path.join(eval_dir, REPORT_MD), report_markdown(report))
     log.info("Evaluation took %.0f s; wrote %s", report["seconds"], eval_dir)
     return report
+
+
+def _leak_study(model, attacker, test, galleries, spread, settings, workdir) -> dict:
+    """leaks.py's attacks on the security study's faces, with the run's key predictor Q
+    (restored from the evaluated step; inference never loads it)."""
+    from sdn_jax.evaluation import leaks  # noqa: PLC0415 (only when asked for)
+
+    config_path, step_dir = inference.find_checkpoint(workdir, step=model.step)
+    run = inference.read_config(config_path)
+    q_params, _ = inference.restore_networks(run, step_dir, ("key_predictor",))
+    faces = spread[: settings.eval.security.num_faces]
+    log.info("security: common-change, known-pair and key-predictor leaks on %d faces",
+             len(faces))  # fmt: skip
+    return leaks.leak_study(
+        model, attacker, test["probes"][faces], galleries[faces],
+        public_mean=test["references"].mean(axis=0), seed=settings.eval.security.seed,
+        batch_size=settings.eval.security.batch_size,
+        key_predictor=(model.networks["key_predictor"], q_params["key_predictor"]),
+    )  # fmt: skip
 
 
 def _write_atomically(path: str, text: str) -> None:
