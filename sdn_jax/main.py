@@ -1,7 +1,10 @@
 """Trains and evaluates SDN: `python -m sdn_jax.main --config configs/default.py --workdir DIR`.
 
 Flags, multi-host start-up and version logging; the work is in sdn_jax.train.
-Exit status 0 on success; otherwise one line on stderr says why.
+Exit status 0 on success; otherwise one line on stderr says why: 2 when nothing was done
+(a bad config value, a config that changes the run's model or key settings, a workdir
+another process is writing or that cannot be written), 130 when stopped by a signal (a
+checkpoint saved), 1 for other failures.
 """
 
 import logging
@@ -11,7 +14,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from sdn_jax import train
+from sdn_jax import checkpointing, run_identity, settings, train, workdir_lock
 
 log = logging.getLogger("sdn_jax")
 
@@ -25,6 +28,10 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+# Nothing was done: the config or the workdir cannot be used as given.
+_REFUSALS = (settings.SettingsError, run_identity.RunIdentityError, workdir_lock.WorkdirError)
 
 
 def main(argv) -> int:
@@ -53,7 +60,15 @@ def main(argv) -> int:
     except train.Interrupted as stop:
         print(f"Stopped: {stop}", file=sys.stderr)
         return 130
-    except (train.NonFiniteLossError, FileNotFoundError, ValueError) as error:
+    except _REFUSALS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (
+        train.NonFiniteLossError,
+        checkpointing.NoValidCheckpointError,
+        FileNotFoundError,
+        ValueError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:

@@ -5,22 +5,38 @@ which needs no TensorFlow).
 """
 
 import json
+import logging
 import math
 import os
 
 import jax
 
+log = logging.getLogger("sdn_jax")
+
 
 class MetricWriter:
-    def __init__(self, workdir: str):
+    """`optional`: a run that cannot be written (`--mode evaluate` on a read-only run)
+    writes no metrics, with one warning saying so, instead of failing."""
+
+    def __init__(self, workdir: str, *, optional: bool = False):
         self._active = jax.process_index() == 0
         self._jsonl = None
         self._tensorboard = None
         if self._active:
             from tensorboardX import SummaryWriter
 
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-            self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            path = os.path.join(workdir, "metrics.jsonl")
+            try:
+                self._jsonl = open(path, "a")  # noqa: SIM115
+                self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            except OSError as error:
+                if not optional:
+                    raise
+                if self._jsonl is not None:
+                    self._jsonl.close()
+                log.warning("Cannot write %s or tensorboard/ (%s): the figures are only in "
+                            "eval/", path, error.strerror)  # fmt: skip
+                self._active = False
 
     def write(self, step: int, split: str, scalars: dict) -> None:
         if not self._active:

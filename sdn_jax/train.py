@@ -5,11 +5,13 @@ it on the same workdir resumes from the newest valid checkpoint, with the input
 pipeline where it was; a finished run is not retrained.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import signal
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +19,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import sdn_jax.data
-from sdn_jax import checkpointing, sharding, training_setup
+from sdn_jax import checkpointing, run_identity, sharding, training_setup, workdir_lock
 from sdn_jax import settings as settings_lib
 from sdn_jax import state as state_lib
+from sdn_jax.atomic_files import written_atomically
 from sdn_jax.data import pipeline
 from sdn_jax.evaluation import heldout
 from sdn_jax.evaluation import outputs as outputs_lib
@@ -55,10 +58,35 @@ def load_split(settings: Settings, workdir: str, split: str):
     return sdn_jax.data.load_source(data.name, split, data.image_size, data_dir, **options)
 
 
-def write_config(config, workdir: str) -> None:
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+@contextlib.contextmanager
+def claimed(config, settings: Settings, workdir: str, *, evaluating: bool = False):
+    """This job's hold on the workdir for the block: its lock taken (workdir_lock), its
+    settings checked against the run's (run_identity) and config.json written when it
+    changes (never by `evaluating`), before anything else is written. Process 0 does it;
+    in a multi-process job the others learn its answer, so that they all stop together."""
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if jax.process_index() == 0:
+            try:
+                if not evaluating:
+                    os.makedirs(workdir, exist_ok=True)
+                stack.enter_context(workdir_lock.held(workdir, read_only_ok=evaluating))
+                run_identity.check(workdir, settings)
+                if evaluating:
+                    _check_writable(os.path.join(workdir, "eval"))
+                else:
+                    run_identity.write_config(config, workdir)
+            except (workdir_lock.WorkdirError, run_identity.RunIdentityError) as error:
+                refusal = error
+            except OSError as error:
+                refusal = workdir_lock.WorkdirError(f"cannot write the run in {workdir}: {error}")
+        if jax.process_count() > 1:
+            refused = multihost_utils.broadcast_one_to_all(np.int32(refusal is not None))
+            if refused and refusal is None:
+                refusal = workdir_lock.WorkdirError(f"process 0 refused {workdir} (it says why)")
+        if refusal is not None:
+            raise refusal
+        yield
 
 
 class _StopSignal:
@@ -98,12 +126,9 @@ class Run:
         self.writer.close()
 
 
-def open_run(config, workdir: str) -> Run:
-    """Checks the config, writes config.json, builds the set-up and opens the data."""
-    settings = settings_lib.from_config(config)
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    write_config(config, workdir)
+def open_run(settings: Settings, workdir: str, *, evaluating: bool = False) -> Run:
+    """Builds the set-up and opens the data, checkpoints and metric files (the workdir is
+    `claimed` first). `evaluating` needs no write access outside eval/ (MetricWriter)."""
     setup = training_setup.build(settings)
     checkpointer = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"), max_to_keep=settings.train.max_checkpoints
@@ -115,7 +140,7 @@ def open_run(config, workdir: str) -> Run:
         train_source=load_split(settings, workdir, "train"),
         eval_source=load_split(settings, workdir, settings.eval.split),
         checkpointer=checkpointer,
-        writer=MetricWriter(workdir),
+        writer=MetricWriter(workdir, optional=evaluating),
     )
 
 
@@ -248,8 +273,8 @@ def evaluate(run: Run, state) -> dict:
     summary = heldout.evaluate_heldout(params, run.setup.networks, batches, settings.model)
     run.writer.write(int(state.step), "eval", summary)
     if jax.process_index() == 0:
-        os.makedirs(os.path.join(run.workdir, "eval"), exist_ok=True)
-        with open(os.path.join(run.workdir, "eval", "heldout_summary.json"), "w") as f:
+        path = os.path.join(run.workdir, "eval", "heldout_summary.json")
+        with written_atomically(path, "w") as f:
             record = {"step": int(state.step), "split": settings.eval.split, **summary}
             json.dump(record, f, indent=2)
     for key, value in summary.items():
@@ -267,24 +292,46 @@ def _independent_evaluation(settings: Settings, workdir: str, step: int) -> None
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    run = open_run(config, workdir)
-    try:
-        state = train(run)
-        summary = evaluate(run, state)
-    finally:
-        run.close()
-    _independent_evaluation(run.settings, run.workdir, int(state.step))
+    settings, workdir = settings_lib.from_config(config), os.path.abspath(workdir)
+    with claimed(config, settings, workdir):
+        run = open_run(settings, workdir)
+        try:
+            state = train(run)
+            summary = evaluate(run, state)
+        finally:
+            run.close()
+        _independent_evaluation(run.settings, run.workdir, int(state.step))
     return summary
 
 
 def evaluate_only(config, workdir: str) -> dict:
-    run = open_run(config, workdir)
-    try:
-        restored = run.checkpointer.restore_latest(run.setup.abstract_state)
-        if restored is None:
-            raise FileNotFoundError(f"No checkpoint to evaluate in {workdir}/checkpoints")
-        summary = evaluate(run, restored.state)
-    finally:
-        run.close()
-    _independent_evaluation(run.settings, run.workdir, int(restored.step))
+    """The newest checkpoint evaluated; writes eval/ (and metrics.jsonl if it can), never
+    config.json: a run may be evaluated where it cannot be written (its own settings stay
+    on record; this config's eval settings apply)."""
+    settings, workdir = settings_lib.from_config(config), os.path.abspath(workdir)
+    if not run_identity.has_checkpoints(workdir):
+        raise FileNotFoundError(f"No checkpoint to evaluate in {workdir}/checkpoints")
+    with claimed(config, settings, workdir, evaluating=True):
+        run = open_run(settings, workdir, evaluating=True)
+        try:
+            restored = run.checkpointer.restore_latest(run.setup.abstract_state)
+            if restored is None:
+                raise FileNotFoundError(f"No checkpoint to evaluate in {workdir}/checkpoints")
+            summary = evaluate(run, restored.state)
+        finally:
+            run.close()
+        _independent_evaluation(run.settings, run.workdir, int(restored.step))
     return summary
+
+
+def _check_writable(folder: str) -> None:
+    """The evaluation's results go to `folder`: refused at once if it cannot take them."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise workdir_lock.WorkdirError(
+            f"--mode evaluate writes its results into {folder}, which cannot be written "
+            f"({error.strerror}); the rest of the run is only read"
+        ) from None

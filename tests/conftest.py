@@ -12,6 +12,7 @@ begins (`jobs`) and run while the in-process tests do; a test waits for its run'
 """
 
 import concurrent.futures
+import functools
 import os
 import shutil
 import signal
@@ -229,7 +230,9 @@ def rerun_finished_job(jobs, runner, tiny_run_job, tmp_path_factory):
 @pytest.fixture(scope="session")
 def evaluate_mode_job(jobs, runner, tiny_run_job, tmp_path_factory):
     base = _base(tmp_path_factory, "evaluate_mode")
-    return jobs.submit(runs.rerun_job, runner, base, tiny_run_job, "--mode", "evaluate")
+    # Read-only but for eval/: --mode evaluate must write nothing else (issue 18).
+    evaluate = functools.partial(runs.rerun_job, read_only=True)
+    return jobs.submit(evaluate, runner, base, tiny_run_job, "--mode", "evaluate")
 
 
 @pytest.fixture(scope="session")

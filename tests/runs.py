@@ -6,6 +6,7 @@ threads when the session begins (`jobs`), so they run while the in-process tests
 They never assert: a failure to run shows in what they return, and the test says why.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -138,6 +139,30 @@ class Runner:
         return self.finish(self.start(log_prefix, workdir, *flags, env=env))
 
 
+_HOLDER = """
+import sys
+from sdn_jax import workdir_lock
+with workdir_lock.held(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(workdir):
+    """`workdir`'s lock held by another process, as a running `main` holds it (a light one:
+    no JAX); yields that process."""
+    holder = _popen([sys.executable, "-c", _HOLDER, str(workdir)], cwd=ROOT,
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        if holder.stdout.readline() != "locked\n":
+            pytest.fail(f"the lock holder for {workdir} did not start")
+        yield holder
+    finally:
+        holder.kill()
+        _wait(holder, TIMEOUT_S)
+
+
 def metrics(workdir: Path) -> list[dict]:
     with open(workdir / "metrics.jsonl") as f:
         return [json.loads(line) for line in f]
@@ -236,13 +261,26 @@ def flags_job(runner: Runner, base: Path, *flags) -> tuple[Path, Result]:
 @dataclass
 class Rerun:
     workdir: Path
-    before: dict  # metrics, checkpoints and samples of the copy before the rerun
+    before: dict  # metrics, checkpoints, samples and config.json of the copy before the rerun
     result: Result
+    writable: bool = True  # whether the rerun could write outside eval/ (read_only: root can)
 
 
-def rerun_job(runner: Runner, base: Path, finished, *flags) -> Rerun:
+def file_identity(path: Path) -> tuple:
+    """What changes when a file is written at all (rewritten in place or replaced)."""
+    stat = path.stat()
+    return path.read_bytes(), stat.st_ino, stat.st_mtime_ns
+
+
+# The parts of a run made read-only by rerun_job(read_only=True): all but eval/.
+_READ_ONLY = {".": 0o555, "checkpoints": 0o555, "samples": 0o555, "tensorboard": 0o555,
+              "config.json": 0o444, "metrics.jsonl": 0o444, ".lock": 0o444}  # fmt: skip
+
+
+def rerun_job(runner: Runner, base: Path, finished, *flags, read_only=False) -> Rerun:
     """A copy of a finished run (`finished`: tiny_job's future) run again with `flags`;
-    eval/heldout_summary.json is removed first, so that a written one is a new one."""
+    eval/heldout_summary.json is removed first, so that a written one is a new one.
+    `read_only`: the copy is read-only but for eval/ while it runs (no effect as root)."""
     source, _ = finished.result()
     workdir = base / "run"
     shutil.copytree(source, workdir)
@@ -252,9 +290,19 @@ def rerun_job(runner: Runner, base: Path, finished, *flags) -> Rerun:
         checkpoints=tree_digest(workdir / "checkpoints"),
         samples=tree_digest(workdir / "samples"),
         summary=json.loads(summary.read_text()),
+        config=file_identity(workdir / "config.json"),
     )
     summary.unlink()
-    return Rerun(workdir, before, runner.run(base / "log", workdir, *flags))
+    modes = {name: (workdir / name).stat().st_mode for name in _READ_ONLY if read_only}
+    for name in modes:
+        (workdir / name).chmod(_READ_ONLY[name])
+    writable = os.access(workdir, os.W_OK)
+    try:
+        result = runner.run(base / "log", workdir, *flags)
+    finally:
+        for name, mode in modes.items():
+            (workdir / name).chmod(mode)
+    return Rerun(workdir, before, result, writable)
 
 
 def benchmark_job(base: Path, data_dir: Path, cache_dir: Path, finished=None):

@@ -17,6 +17,7 @@ while running them a little slower.
 import json
 import math
 import re
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -27,7 +28,10 @@ import orbax.checkpoint as ocp
 import pytest
 import runs
 from PIL import Image
-from runs import END, committed_steps, metrics, train_lines, tree_digest
+from runs import END, committed_steps, file_identity, metrics, train_lines, tree_digest
+from tiny_model import tiny_config
+
+from sdn_jax import train, workdir_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +126,9 @@ def test_a_finished_run_is_not_retrained(rerun_finished_job):
     assert "First step" not in again.stderr  # no train step compiled or run
     assert "Training steps" not in again.stderr
     assert committed_steps(workdir) == [3, 6]
-    # Nothing was trained, saved or drawn again: the checkpoints and samples are as they were.
+    # Nothing was trained, saved or drawn again: the checkpoints and samples are as they were,
+    # and config.json, whose content the same config would not change, was not written.
+    assert file_identity(workdir / "config.json") == before["config"]
     assert tree_digest(workdir / "checkpoints") == before["checkpoints"]
     assert tree_digest(workdir / "samples") == before["samples"]
     # The evaluation's figures are the finished run's own (the same weights, the same faces).
@@ -133,8 +139,9 @@ def test_a_finished_run_is_not_retrained(rerun_finished_job):
 
 @pytest.mark.slow
 def test_mode_evaluate_rewrites_the_heldout_summary(evaluate_mode_job):
-    """`--mode evaluate` on a copy of the tiny run (full_report off): exit 0, no training,
-    eval/heldout_summary.json (removed first) written again for the newest checkpoint."""
+    """`--mode evaluate` on a copy of the tiny run (full_report off), read-only but for
+    eval/: exit 0, no training, eval/heldout_summary.json (removed first) written again for
+    the newest checkpoint, config.json not written (issue 18: it was, and failed)."""
     rerun = evaluate_mode_job.result()
     workdir, before, result = rerun.workdir, rerun.before, _ok(rerun.result)
     summary = json.loads((workdir / "eval" / "heldout_summary.json").read_text())
@@ -144,8 +151,13 @@ def test_mode_evaluate_rewrites_the_heldout_summary(evaluate_mode_job):
     assert "training already finished" not in result.stderr  # not the training path
     assert tree_digest(workdir / "checkpoints") == before["checkpoints"]
     assert not (workdir / "eval" / "report.json").exists()  # tiny: full_report False
+    assert file_identity(workdir / "config.json") == before["config"]
     evals = [m for m in metrics(workdir) if m["split"] == "eval"]
-    assert [m["step"] for m in evals] == [6, 6]
+    if rerun.writable:  # root: read-only modes do not bind it
+        assert [m["step"] for m in evals] == [6, 6]
+    else:  # metrics.jsonl cannot take the eval line: said once, and the run goes on
+        assert [m["step"] for m in evals] == [6]
+        assert "Cannot write " in result.stderr and "the figures are only in eval/" in result.stderr
 
 
 @pytest.mark.slow
@@ -307,7 +319,39 @@ def test_a_batch_that_the_devices_cannot_split_is_refused(runner, tmp_path):
 def test_a_bad_config_value_is_one_line_naming_the_field(runner, tmp_path):
     """A SettingsError stops the run before anything is built or written."""
     result = runner.run(tmp_path / "log", tmp_path / "run", "--config.train.ema_decay=1.5")
-    assert result.returncode == 1
+    assert result.returncode == 2  # nothing was done
     line = _error_line(result.stderr)
     assert line == "error: train.ema_decay must be in [0, 1), got 1.5", line
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_second_writer_and_other_model_or_key_settings_are_refused(runner, trained_run, tmp_path):
+    """Issue 18 on a copy of the finished tiny run: a second start while another process
+    holds the workdir (both wrote it, and exited 0), then `main` with the key attributes
+    reordered (it exited 0, and keys changed meaning) and other password bits (a traceback,
+    then an unloadable run): refused with one line, exit 2, before writing anything."""
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_run, workdir)
+    before = tree_digest(workdir)
+    config = tiny_config(**{"data.data_dir": str(runner.data_dir)})
+    with runs.lock_held_elsewhere(workdir) as holder:  # in-process: the CLI costs seconds
+        busy = rf"^{re.escape(str(workdir))} is in use by another sdn_jax.main \(pid {holder.pid}, "
+        for start in (train.train_and_evaluate, train.evaluate_only):
+            with pytest.raises(workdir_lock.WorkdirBusy, match=busy):
+                start(config, str(workdir))
+    changed = runner.run(
+        tmp_path / "changed",
+        workdir,
+        "--config.model.key_attributes=('Eyeglasses', 'Smiling')",
+        "--config.model.password_bits=24",
+    )
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    line = _error_line(changed.stderr)
+    expected = (
+        f"error: {workdir}'s checkpoints were made with other model, key or data settings: "
+        'model.key_attributes ["Smiling", "Eyeglasses"] -> ["Eyeglasses", "Smiling"]; '
+        "model.password_bits 16 -> 24 "
+    )
+    assert line.startswith(expected), line
+    assert tree_digest(workdir) == before  # config.json byte for byte, and all the rest
