@@ -285,7 +285,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unknown sections {unknown}; choose from {list(SECTIONS)}")
     try:
         results = run(config, argv[1:], options)
-    except settings_lib.SettingsError as error:
+    except (settings_lib.SettingsError, inference.LoadError) as error:
         raise app.UsageError(str(error)) from None
     print(format_table(results))
     if _OUT.value:

@@ -204,6 +204,12 @@ class Report:
     security: bool  # run the security study
     realism: bool  # run the realism judge
 
+    def check(self):
+        for name in ("max_people", "probes_per_person"):
+            _require(getattr(self, name) >= 1, f"eval.report.{name}", getattr(self, name), ">= 1")
+        _require(self.validation_people >= 0, "eval.report.validation_people",
+                 self.validation_people, ">= 0")  # fmt: skip
+
 
 @dataclasses.dataclass(frozen=True)
 class Attacker:
@@ -236,8 +242,12 @@ class Attacker:
 
     def check(self):
         _require(0 < self.far < 1, "eval.attacker.far", self.far, "in (0, 1)")
-        _require(self.gallery_photos >= 1, "eval.attacker.gallery_photos",
-                 self.gallery_photos, ">= 1")  # fmt: skip
+        for name in ("gallery_photos", "input_size", "num_steps", "people_per_batch",
+                     "photos_per_person", "attribute_steps", "attribute_batch_size",
+                     "log_every_steps", "batch_size"):  # fmt: skip
+            _require(getattr(self, name) >= 1, f"eval.attacker.{name}", getattr(self, name),
+                     ">= 1")  # fmt: skip
+        _require(self.learning_rate > 0, "eval.attacker.learning_rate", self.learning_rate, "> 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +308,7 @@ class Eval:
         _require(self.split in ("train", "validation", "test"), "eval.split", self.split,
                  "'train', 'validation' or 'test'")  # fmt: skip
         _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
+        _require(self.num_images >= 1, "eval.num_images", self.num_images, ">= 1")
 
 
 @dataclasses.dataclass(frozen=True)
