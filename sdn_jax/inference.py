@@ -38,6 +38,7 @@ from sdn_jax.models import sdn
 
 DEFAULT_BATCH_SIZE = 16
 CONFIG_FILE = "config.json"
+EXPORT_FILE = "export.json"  # what an inference-only copy holds (sdn_jax.export)
 _NEEDED = ("data", "model", "train")  # the sections of config.json inference reads
 
 
@@ -200,7 +201,8 @@ def find_checkpoint(
     """(config.json, checkpoint step folder) of `--workdir RUN` or `--checkpoint DIR`.
 
     RUN is a training workdir: its config.json and the newest (or `step`) folder of
-    RUN/checkpoints. DIR is one step folder (RUN/checkpoints/<step>) or a checkpoints folder
+    RUN/checkpoints. DIR is one step folder (RUN/checkpoints/<step>, or an export written
+    by sdn_jax.export: E and G alone, laid out as a step folder) or a checkpoints folder
     (its newest step, or `step`); its config.json is the first of DIR/config.json,
     DIR/../config.json and DIR/../../config.json, so a copied step folder can carry its own.
     """
@@ -220,9 +222,11 @@ def find_checkpoint(
         candidates = [folder / CONFIG_FILE, folder.parent / CONFIG_FILE]
         candidates.append(folder.parent.parent / CONFIG_FILE)
         config_path = next((c for c in candidates if c.is_file()), candidates[0])
-        if (folder / STATE).is_dir():  # One step folder.
-            if step is not None and folder.name != str(step):
-                raise LoadError(f"{folder} is checkpoint step {folder.name}, not step {step}")
+        if (folder / STATE).is_dir():  # One step folder, or an export (sdn_jax.export).
+            found = _folder_step(folder)
+            if step is not None and found != step:
+                found = folder.name if found is None else found
+                raise LoadError(f"{folder} is checkpoint step {found}, not step {step}")
             return config_path, folder
     steps = checkpoint_steps(folder)
     if not steps:
@@ -232,6 +236,17 @@ def find_checkpoint(
     if step not in steps:
         raise LoadError(f"no checkpoint step {step} in {folder}; it has steps {steps}")
     return config_path, folder / str(step)
+
+
+def _folder_step(folder: Path) -> int | None:
+    """A step folder's step: its name, or an export's as its export.json records it."""
+    if folder.name.isdigit():
+        return int(folder.name)
+    try:
+        step = json.loads((folder / EXPORT_FILE).read_text()).get("step")
+    except (OSError, ValueError, AttributeError):  # none, not JSON, not an object
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def _init_params(rng, networks, run: RunConfig) -> dict:

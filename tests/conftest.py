@@ -49,6 +49,7 @@ _LAST = (
     "test_identity_probe.py",
     "test_inference.py",
     "test_anonymize_cli.py",
+    "test_export.py",
     "test_evaluate.py",
     "test_security.py",
     "test_benchmark.py",

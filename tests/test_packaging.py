@@ -60,7 +60,7 @@ def test_pyproject_dependencies_match_the_in_files():
 
 def test_entry_points_are_zero_argument_functions():
     scripts = _pyproject()["project"]["scripts"]
-    assert set(scripts) == {"sdn-train", "sdn-anonymize", "sdn-deanonymize"}
+    assert set(scripts) == {"sdn-train", "sdn-anonymize", "sdn-deanonymize", "sdn-export"}
     for target in scripts.values():
         module, function = target.split(":")
         # Parsed, not imported: sdn_jax.main defines absl flags that other modules also define.
