@@ -366,13 +366,14 @@ def _process(items, job: Job, args, transform, anonymizing: bool, found: dict) -
                             item.path, model.image_size, fit, args.max_pixels
                         )
                         version, salt, where = _key_source(item, text, job, anonymizing, found)
+                    except (image_files.ImageError, ValueError) as error:  # ValueError: salt
+                        item.error = str(error)
+                    else:
                         job.keys.key(version, salt)  # derived now: the bar shows it
                         loaded.append(item)
                         pixels.append(image)
                         sources.append((version, salt))
                         unsalted += [item.path] if where == "none" else []
-                    except (image_files.ImageError, ValueError) as error:
-                        item.error = str(error)
                 if item.error is not None:
                     bar.write(f"error: {item.path}: {item.error}", file=sys.stderr)
                 bar.update(1)
