@@ -11,6 +11,7 @@ import getpass
 import json
 import os
 import stat
+import string
 import sys
 import time
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ PASSWORD_ENV = "SDN_PASSWORD"
 SALT_TEXT = "sdn_jax.salt"  # PNG text chunk: the salt, hex
 KDF_TEXT = "sdn_jax.kdf"  # PNG text chunk: passphrase.kdf_record as JSON
 BOM = "\ufeff"
+HEX_DIGITS = frozenset(string.hexdigits)
 
 
 class PassphraseError(Exception):
@@ -52,10 +54,8 @@ def read_passphrase(password_file: str | None, confirm: bool) -> str:
 
 
 def _passphrase_from_file(path: str) -> str:
-    try:
+    try:  # a pipe is fine here: `--password-file <(pass show sdn)` keeps it off the disk
         mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):  # a FIFO would be read as the writer pleases, or hang
-            raise PassphraseError(f"the password file {path} is not a regular file")
         with open(path, "rb") as f:
             data = f.read()
     except OSError as error:
@@ -106,14 +106,11 @@ def png_text(salt: bytes, version: int = passphrase_lib.KDF_VERSION) -> dict[str
 
 
 def parse_salt(value) -> bytes:
-    """A salt written as hex; ValueError unless SALT_BYTES of them."""
-    size = passphrase_lib.SALT_BYTES
-    if not isinstance(value, str) or len(value) != 2 * size:
-        raise ValueError(f"is {str(value)[:40]!r}, not {2 * size} hex digits")
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        raise ValueError(f"is {value!r}, not {2 * size} hex digits") from None
+    """A salt written as hex; ValueError unless exactly SALT_BYTES of them."""
+    digits = 2 * passphrase_lib.SALT_BYTES
+    if not (isinstance(value, str) and len(value) == digits and set(value) <= HEX_DIGITS):
+        raise ValueError(f"is {repr(value)[:40]}, not {digits} hex digits")
+    return bytes.fromhex(value)
 
 
 def key_source(text: Mapping[str, str], entry: Mapping | None, kdf: Mapping | None):
@@ -121,8 +118,10 @@ def key_source(text: Mapping[str, str], entry: Mapping | None, kdf: Mapping | No
     chunks, else its entry in the manifest beside it (`entry`, with that manifest's `kdf`
     record), else version 1 (outputs from before salts). ValueError names a bad field."""
     if SALT_TEXT in text or KDF_TEXT in text:
+        if KDF_TEXT not in text:
+            raise ValueError(f"its PNG has a {SALT_TEXT} text but no {KDF_TEXT}")
         try:
-            record = json.loads(text.get(KDF_TEXT, "null"))
+            record = json.loads(text[KDF_TEXT])
         except ValueError:
             raise ValueError(f"its {KDF_TEXT} text is not JSON") from None
         version = _checked(passphrase_lib.check_kdf_record, record, f"its {KDF_TEXT} text")
