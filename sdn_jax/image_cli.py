@@ -1,14 +1,18 @@
 """What `python -m sdn_jax.anonymize` and `python -m sdn_jax.deanonymize` share.
 
 Both read image files, run one direction of a trained model under the user's key, write
-`<output>/<stem>.png` per input and `<output>/manifest.json`. The flags and exit status
-are the contract of INTERFACES.md ("Anonymizing files"):
-  0  every input succeeded;
-  1  some inputs failed (each named on stderr and in the manifest), or none was found;
-  2  nothing was done: a usage error (bad flag, unknown attribute, missing key), a run
-     that cannot be loaded, or an output folder that cannot be used.
+`<output>/<stem>.png` per input and `<output>/manifest.json` (sdn_jax.manifest). The
+flags and exit status are the contract of INTERFACES.md ("Anonymizing files"):
+  0    every input succeeded;
+  1    some inputs failed (each named on stderr and in the manifest), or none was found;
+  2    nothing was done: a usage error (bad flag, unknown attribute, missing key), a run
+       that cannot be loaded, or an output folder that cannot be used;
+  130  interrupted (Ctrl-C): the manifest marks what was not done, `--resume` does it.
 argparse rather than absl flags (main.py's choice): `main(argv)` is called more than once
 in one process by the tests, and argparse exits 2 on a bad flag as the contract asks.
+
+The key of each anonymized image is scrypt(passphrase, a fresh random salt) and the
+attributes (sdn_jax.file_keys); the salt goes into the PNG and the manifest.
 
 Secrecy: the passphrase and anything derived from it are never printed, logged, written
 or put in an error message; the manifest holds no fingerprint of the key either (one
@@ -16,23 +20,24 @@ would let an attacker test guesses offline without the model).
 """
 
 import argparse
-import getpass
-import json
+import dataclasses
 import os
-import stat
 import sys
 import time
 
 import tqdm
 
-import sdn_jax
-from sdn_jax import image_files, inference
+from sdn_jax import file_keys, image_files, inference, manifest
 from sdn_jax import passphrase as passphrase_lib
 from sdn_jax.images import from_uint8, to_uint8
+from sdn_jax.manifest import MANIFEST
 
-PASSWORD_ENV = "SDN_PASSWORD"
-MANIFEST = "manifest.json"
+PASSWORD_ENV = file_keys.PASSWORD_ENV
 PROGRESS_BAR_MIN_IMAGES = 5  # a bar on a terminal from this many images on
+# Every batch is padded to --batch-size images in memory (one compiled program for any
+# number of inputs), so a huge value is refused rather than allocated.
+MAX_BATCH_SIZE = 1024
+INTERRUPTED = 130  # a shell's status for a command stopped by SIGINT
 
 
 class UsageError(Exception):
@@ -68,8 +73,15 @@ def build_parser(prog: str, description: str, anonymizing: bool) -> argparse.Arg
         "--input", nargs="+", required=True, metavar="PATH", help="image files and/or folders"
     )
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the results")
-    parser.add_argument(
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument(
         "--overwrite", action="store_true", help="replace existing outputs (and manifest.json)"
+    )
+    existing.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted run into the same --output (same run, step, attributes"
+        " and passphrase): the inputs its manifest lists as done are skipped",
     )
     if anonymizing:
         parser.add_argument(
@@ -79,6 +91,12 @@ def build_parser(prog: str, description: str, anonymizing: bool) -> argparse.Arg
             help="crop: the largest centred square, resized (default); pad: the whole "
             "picture, resized, white borders",
         )
+        parser.add_argument(
+            "--album",
+            action="store_true",
+            help="one salt for all the images of this run (the same person gets the same "
+            "surrogate face across them), instead of one per image; weaker: README",
+        )
     parser.add_argument(
         "--max-pixels",
         type=int,
@@ -86,57 +104,12 @@ def build_parser(prog: str, description: str, anonymizing: bool) -> argparse.Arg
         help="refuse pictures with more pixels (decompression bombs); default %(default)s",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=inference.DEFAULT_BATCH_SIZE, help="images per step"
+        "--batch-size",
+        type=int,
+        default=inference.DEFAULT_BATCH_SIZE,
+        help=f"images per step, 1 to {MAX_BATCH_SIZE} (default %(default)s)",
     )
     return parser
-
-
-def read_passphrase(password_file: str | None, confirm: bool) -> str:
-    """From --password-file, else $SDN_PASSWORD, else a prompt (twice when `confirm`)."""
-    if password_file is not None:
-        return _passphrase_from_file(password_file)
-    if PASSWORD_ENV in os.environ:
-        if not os.environ[PASSWORD_ENV]:
-            raise UsageError(f"${PASSWORD_ENV} is empty")
-        return os.environ[PASSWORD_ENV]
-    if not sys.stdin.isatty():
-        raise UsageError(
-            f"no passphrase: give --password-file FILE or set ${PASSWORD_ENV} "
-            "(or run in a terminal to be asked)"
-        )
-    passphrase = getpass.getpass("Passphrase: ")
-    if not passphrase:
-        raise UsageError("the passphrase is empty")
-    if confirm and getpass.getpass("Passphrase again: ") != passphrase:
-        raise UsageError("the two passphrases differ")
-    return passphrase
-
-
-def _passphrase_from_file(path: str) -> str:
-    try:
-        mode = os.stat(path).st_mode
-        data = open(path, "rb").read()
-    except OSError as error:
-        raise UsageError(f"cannot read the password file {path}: {error.strerror}") from None
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        print(
-            f"warning: the password file {path} is readable by other users "
-            f"(mode {stat.filemode(mode)}); `chmod 600 {path}` makes it private",
-            file=sys.stderr,
-        )
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:  # its message would quote bytes of the passphrase
-        text = None
-    if text is None:
-        raise UsageError(f"the password file {path} is not UTF-8 text")
-    if text.endswith("\n"):  # one line terminator is not part of the passphrase
-        text = text[:-2] if text.endswith("\r\n") else text[:-1]
-    if "\n" in text:
-        raise UsageError(f"the password file {path} holds more than one line")
-    if not text:
-        raise UsageError(f"the password file {path} is empty")
-    return text
 
 
 def parse_attributes(text: str, key_attributes) -> dict[str, bool]:
@@ -150,14 +123,22 @@ def parse_attributes(text: str, key_attributes) -> dict[str, bool]:
 
 def _check_flags(args) -> None:
     """What argparse cannot check: numbers' ranges, an output folder in use."""
-    for flag, value in (("--batch-size", args.batch_size), ("--max-pixels", args.max_pixels)):
+    for flag, value, most in (
+        ("--batch-size", args.batch_size, MAX_BATCH_SIZE),
+        ("--max-pixels", args.max_pixels, None),
+    ):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1")
+        if most is not None and value > most:
+            raise UsageError(
+                f"{flag} must be at most {most} (every batch is padded to it in memory)"
+            )
     output = args.output
-    if os.path.exists(os.path.join(output, MANIFEST)) and not args.overwrite:
+    if os.path.lexists(os.path.join(output, MANIFEST)) and not (args.overwrite or args.resume):
         raise UsageError(
-            f"{output} already holds the results of a run ({MANIFEST}); choose another "
-            "--output, or --overwrite to replace them"
+            f"{output} already holds the results of a run ({MANIFEST}); --resume finishes "
+            "an interrupted one (same passphrase), --overwrite replaces them, or choose "
+            "another --output"
         )
     if os.path.exists(output) and not os.path.isdir(output):
         raise UsageError(f"--output {output} is a file, not a folder")
@@ -188,6 +169,18 @@ def _check_config(args) -> list[str]:
         raise UsageError(str(error)) from None
 
 
+@dataclasses.dataclass
+class Job:
+    """What _prepare settled: the model, the keys, the manifest's header, a resumed run."""
+
+    model: inference.Model
+    keys: file_keys.KeyMaker
+    choices: dict
+    head: dict
+    resumed: manifest.Recorded | None
+    album_salt: bytes | None
+
+
 def run(argv, *, prog: str, description: str, anonymizing: bool, transform) -> int:
     """Parses argv and processes the inputs; returns the exit status.
 
@@ -199,41 +192,119 @@ def run(argv, *, prog: str, description: str, anonymizing: bool, transform) -> i
     except SystemExit as exit_:  # --help (0) or a bad flag (2, message printed)
         return int(exit_.code or 0)
     try:
-        model, key, choices = _prepare(args, anonymizing)
-    except UsageError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
+        try:
+            job = _prepare(args, anonymizing)
+        except UsageError as error:
+            print(f"{prog}: error: {error}", file=sys.stderr)
+            return 2
+        return _run(job, args, prog, anonymizing, transform)
+    except KeyboardInterrupt:  # before the output folder was made (or in its manifest)
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
-    items, notes = image_files.collect_inputs(args.input, ignore=(MANIFEST,))
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
-    image_files.assign_outputs(items, args.output)
-    if not anonymizing:
-        _warn_about_input_manifests(args.input, model, choices)
-        lossy = [i.path for i in items if i.path.lower().endswith((".jpg", ".jpeg", ".jpe"))]
-        if lossy:
-            print(
-                f"warning: {len(lossy)} JPEG input(s), e.g. {lossy[0]}: anonymize writes PNG, "
-                "and a lossy copy recovers only part of the original (README)",
-                file=sys.stderr,
-            )
-    start = time.perf_counter()
-    model.compile()
-    compiled = time.perf_counter()
-    _process(items, model, key, args, transform, fit=args.fit if anonymizing else None)
-    seconds = time.perf_counter() - compiled
 
-    done = sum(item.error is None for item in items)
-    failed = len(items) - done
+def _prepare(args, anonymizing: bool) -> Job:
+    """Checks the flags, reads the passphrase, loads the model, checks a run to resume:
+    everything that can fail as a whole (UsageError) before any input is read or the
+    output folder made. Cheap checks come first."""
+    choices = parse_attributes(args.attributes, _check_config(args))
+    _check_flags(args)
     try:
-        _write_manifest(args, model, choices, items, anonymizing)
-    except OSError as error:
-        print(f"{prog}: error: cannot write {MANIFEST}: {error.strerror}", file=sys.stderr)
+        passphrase = file_keys.read_passphrase(args.password_file, confirm=anonymizing)
+    except file_keys.PassphraseError as error:
+        raise UsageError(str(error)) from None
+    if anonymizing:  # where the passphrase is chosen
+        file_keys.warn_if_weak(passphrase)
+    model = _load_model(args)
+    try:
+        keys = file_keys.KeyMaker(passphrase, choices, model)
+    except ValueError as error:  # passphrase.py's messages hold nothing of the passphrase
+        raise UsageError(str(error)) from None
+    album = anonymizing and args.album
+    more = {}
+    if anonymizing:
+        salts = "one per album" if album else "one per image"
+        more = {"kdf": {**passphrase_lib.kdf_record(), "salt": salts}, "fit": args.fit}
+    tool = manifest.ANONYMIZE if anonymizing else manifest.DEANONYMIZE
+    head = manifest.header(tool, model, choices, **more)
+    resumed = _resumable(args.output, head) if args.resume else None
+    album_salt = None
+    if album:
+        previous = resumed.fields["kdf"].get("album_salt") if resumed else None
+        album_salt = bytes.fromhex(previous) if previous else passphrase_lib.new_salt()
+        head["kdf"]["album_salt"] = album_salt.hex()
+    _make_output(args.output)
+    return Job(model, keys, choices, head, resumed, album_salt)
+
+
+def _resumable(output: str, head: dict) -> manifest.Recorded | None:
+    """The manifest of the run that --resume finishes; UsageError if it differs."""
+    path = os.path.join(output, MANIFEST)
+    recorded = manifest.read(path)
+    if recorded is None:
+        print(f"note: --resume: {output} holds no {MANIFEST}; starting afresh", file=sys.stderr)
+        return None
+    mismatches = manifest.resume_mismatches(recorded, head)
+    if mismatches:
+        raise UsageError(
+            f"cannot --resume from {path}: {'; '.join(mismatches)}; choose another --output, "
+            "or --overwrite to replace it"
+        )
+    return recorded
+
+
+def _run(job: Job, args, prog: str, anonymizing: bool, transform) -> int:
+    """Reads, transforms and writes every input; the manifest is written whatever
+    happens (finally), with the inputs not reached marked `interrupted`."""
+    items, carried, resumed, stopped, no_memory = [], [], 0, False, False
+    start = compiled = time.perf_counter()
+    try:
+        items, notes = image_files.collect_inputs(args.input, ignore=(MANIFEST,))
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        if job.resumed is not None:
+            carried = manifest.apply_resume(items, job.resumed, args.output)
+            resumed = sum(item.done for item in items)
+        image_files.assign_outputs(items, args.output, taken=[e["output"] for e in carried])
+        found = {} if anonymizing else _check_recovery_inputs(args.input, items, job)
+        job.model.compile()
+        compiled = time.perf_counter()
+        _process(items, job, args, transform, anonymizing, found)
+    except KeyboardInterrupt:
+        stopped = True
+    except Exception as error:  # out of memory (the host's, or XLA's on an accelerator)
+        if not (isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)[:200]):
+            raise
+        no_memory = True
+    finally:  # whatever happened: a crash's traceback follows the manifest
+        try:
+            path = manifest.write(args.output, job.head, items, carried)
+        except OSError as error:
+            path = None
+            print(f"{prog}: error: cannot write {MANIFEST}: {error.strerror}", file=sys.stderr)
+    seconds = time.perf_counter() - compiled
+    done = sum(item.done for item in items)
+    failed = sum(item.error is not None for item in items)
+    if stopped:
+        left = len(items) - done - failed
+        print(
+            f"{prog}: interrupted: {done} of {len(items)} image(s) done, {failed} failed, "
+            f"{left} marked interrupted in {path}; --resume finishes them",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
+    if no_memory:
+        print(f"{prog}: error: out of memory at --batch-size {args.batch_size}; a smaller "
+              f"one needs less (what was done is in {path})", file=sys.stderr)  # fmt: skip
         return 1
-    verb, rate = "anonymized" if anonymizing else "recovered", done / max(seconds, 1e-9)
+    if path is None:
+        return 1
+    verb, new = ("anonymized" if anonymizing else "recovered"), done - resumed
+    rate = new / max(seconds, 1e-9)
     print(
-        f"{verb} {done} image(s) into {args.output} in {seconds:.1f} s ({rate:.1f} images/s, "
-        f"after {compiled - start:.1f} s compiling); {failed} failed",
+        f"{verb} {new} image(s) into {args.output} in {seconds:.1f} s ({rate:.1f} images/s, "
+        f"{job.keys.seconds:.1f} s of it deriving keys; after {compiled - start:.1f} s "
+        f"compiling); {failed} failed" + (f"; {resumed} done before (--resume)" if resumed else ""),
         file=sys.stderr,
     )
     if not items:
@@ -242,119 +313,86 @@ def run(argv, *, prog: str, description: str, anonymizing: bool, transform) -> i
     return 1 if failed else 0
 
 
-def _prepare(args, anonymizing: bool) -> tuple[inference.Model, inference.Key, dict]:
-    """Checks the flags, reads the passphrase, loads the model: everything that can fail
-    as a whole (UsageError) before any input is read. Cheap checks come first."""
-    choices = parse_attributes(args.attributes, _check_config(args))
-    _check_flags(args)
-    passphrase = read_passphrase(args.password_file, confirm=anonymizing)
-    model = _load_model(args)
-    try:
-        key = inference.make_key(passphrase, choices, model.model_settings)
-    except ValueError as error:  # passphrase.py's messages hold nothing of the passphrase
-        raise UsageError(str(error)) from None
-    _make_output(args.output)
-    return model, key, choices
+def _check_recovery_inputs(inputs, items, job: Job) -> dict:
+    """Warns of what may make recovery fail (another run, step, weights or attributes in
+    the manifests beside the inputs; JPEG copies); returns those manifests by folder."""
+    found = manifest.beside_inputs(inputs, job.model, job.choices, sys.stderr)
+    lossy = [i.path for i in items if i.path.lower().endswith((".jpg", ".jpeg", ".jpe"))]
+    if lossy:
+        print(
+            f"warning: {len(lossy)} JPEG input(s), e.g. {lossy[0]}: anonymize writes PNG, "
+            "and a lossy copy recovers only part of the original (README)",
+            file=sys.stderr,
+        )
+    return found
 
 
-def _process(items, model, key, args, transform, fit: str | None) -> None:
-    """Reads, transforms and writes the items batch by batch; a failure is recorded in
-    its item (and printed), and the others go on."""
+def _key_source(item, text, job: Job, anonymizing: bool, found: dict):
+    """(KDF version, salt, where from) of an item's key: a fresh salt (or the album's)
+    to anonymize; to recover, the one its PNG (else the manifest beside it) records, else
+    version 1 (where: "none")."""
+    if anonymizing:
+        salt = job.album_salt or passphrase_lib.new_salt()
+        item.record = {"salt": salt.hex()}
+        return passphrase_lib.KDF_VERSION, salt, "new"
+    recorded = found.get(os.path.normpath(os.path.dirname(item.path) or "."))
+    entry = recorded.entry_for(os.path.basename(item.path)) if recorded else None
+    kdf = recorded.fields.get("kdf") if recorded else None
+    version, salt, where = file_keys.key_source(text, entry, kdf)
+    item.record = {"kdf_version": version, **({"salt": salt.hex()} if salt else {})}
+    return version, salt, where
+
+
+def _process(items, job: Job, args, transform, anonymizing: bool, found: dict) -> None:
+    """Reads, keys, transforms and writes the items not done, batch by batch; a failure
+    is recorded in its item (and printed), and the others go on. The bar counts images
+    as their keys are derived (scrypt is the slow part)."""
+    pending = [item for item in items if not item.done]
     bar = tqdm.tqdm(
-        total=len(items),
+        total=len(pending),
         unit="img",
         file=sys.stderr,
-        disable=len(items) < PROGRESS_BAR_MIN_IMAGES or not sys.stderr.isatty(),
+        disable=len(pending) < PROGRESS_BAR_MIN_IMAGES or not sys.stderr.isatty(),
         dynamic_ncols=True,
     )
-
-    def fail(item, message):
-        item.error, item.output = message, None
-        bar.write(f"error: {item.path}: {message}", file=sys.stderr)
-
+    fit, model, unsalted = args.fit if anonymizing else None, job.model, []
     with bar:
-        for first in range(0, len(items), model.batch_size):
-            batch = items[first : first + model.batch_size]
-            loaded, pixels = [], []
-            for item in batch:
-                if item.error is not None:
-                    fail(item, item.error)
-                    continue
-                try:
-                    size = model.image_size
-                    pixels.append(image_files.read_image(item.path, size, fit, args.max_pixels))
-                    loaded.append(item)
-                except image_files.ImageError as error:
-                    fail(item, str(error))
-            if loaded:
-                outputs = to_uint8(transform(model, from_uint8(pixels), key))
-                for item, pixels_out in zip(loaded, outputs):
-                    path = os.path.join(args.output, item.output)
+        for first in range(0, len(pending), model.batch_size):
+            loaded, pixels, sources = [], [], []
+            for item in pending[first : first + model.batch_size]:
+                if item.error is None:
                     try:
-                        image_files.write_png(path, pixels_out, args.overwrite)
+                        image, text = image_files.read_image_and_text(
+                            item.path, model.image_size, fit, args.max_pixels
+                        )
+                        version, salt, where = _key_source(item, text, job, anonymizing, found)
+                    except (image_files.ImageError, ValueError) as error:  # ValueError: salt
+                        item.error = str(error)
+                    else:
+                        job.keys.key(version, salt)  # derived now: the bar shows it
+                        loaded.append(item)
+                        pixels.append(image)
+                        sources.append((version, salt))
+                        unsalted += [item.path] if where == "none" else []
+                if item.error is not None:
+                    bar.write(f"error: {item.path}: {item.error}", file=sys.stderr)
+                bar.update(1)
+            if loaded:
+                key = job.keys.passwords(sources)
+                outputs = to_uint8(transform(model, from_uint8(pixels), key))
+                for item, pixels_out, (version, salt) in zip(loaded, outputs, sources):
+                    text = file_keys.png_text(salt, version) if anonymizing else None
+                    try:
+                        path = os.path.join(args.output, item.output)
+                        image_files.write_png(path, pixels_out, args.overwrite, text)
+                        item.done = True
                     except image_files.ImageError as error:
-                        fail(item, str(error))
-            bar.update(len(batch))
-
-
-def _write_manifest(args, model, choices, items, anonymizing) -> None:
-    """Per input its output or its error, and what a later recovery needs to match
-    (run, step, attributes, versions). Nothing derived from the passphrase."""
-    manifest = {
-        "tool": "sdn_jax.anonymize" if anonymizing else "sdn_jax.deanonymize",
-        "version": sdn_jax.__version__,
-        "kdf_version": passphrase_lib.KDF_VERSION,
-        "run": model.source,
-        "step": model.step,
-        "image_size": model.image_size,
-        "attributes": choices,
-        **({"fit": args.fit} if anonymizing else {}),
-        "num_succeeded": sum(item.error is None for item in items),
-        "num_failed": sum(item.error is not None for item in items),
-        "images": [
-            {"input": item.path, "output": item.output}
-            if item.error is None
-            else {"input": item.path, "error": item.error}
-            for item in items
-        ],
-    }
-    path = os.path.join(args.output, MANIFEST)
-    partial = os.path.join(args.output, f".{MANIFEST}.partial")
-    with open(partial, "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    os.replace(partial, path)
-
-
-def _warn_about_input_manifests(inputs, model, choices) -> None:
-    """Recovery needs the anonymizing run's step and attributes: a manifest next to the
-    inputs says which they were, so a mismatch is named before it silently fails."""
-    folders = {p if os.path.isdir(p) else os.path.dirname(p) or "." for p in inputs}
-    for folder in sorted(folders):
-        try:
-            with open(os.path.join(folder, MANIFEST)) as f:
-                recorded = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if not isinstance(recorded, dict) or recorded.get("tool") != "sdn_jax.anonymize":
-            continue
-        where = os.path.join(folder, MANIFEST)
-        if recorded.get("step") != model.step:
-            print(
-                f"warning: {where} says step {recorded.get('step')} anonymized these images; "
-                f"this is step {model.step} (--step chooses)",
-                file=sys.stderr,
-            )
-        if recorded.get("attributes") not in (None, choices):
-            given = ",".join(f"{k}={int(v)}" for k, v in recorded["attributes"].items())
-            print(
-                f"warning: {where} says they were anonymized with --attributes {given}; "
-                "other attributes recover other faces",
-                file=sys.stderr,
-            )
-        if recorded.get("kdf_version", passphrase_lib.KDF_VERSION) != passphrase_lib.KDF_VERSION:
-            print(
-                f"warning: {where} was written with key derivation version "
-                f"{recorded['kdf_version']}; this is version {passphrase_lib.KDF_VERSION}",
-                file=sys.stderr,
-            )
+                        item.error = str(error)
+                        bar.write(f"error: {item.path}: {item.error}", file=sys.stderr)
+    if unsalted:
+        print(
+            f"note: {len(unsalted)} image(s) carry no salt, e.g. {unsalted[0]}: anonymized "
+            "before per-image salts (or their PNG text and manifest are gone); recovered "
+            "with key derivation version 1",
+            file=sys.stderr,
+        )

@@ -8,8 +8,13 @@ model's square geometry: `crop` (default) takes the largest centred square and r
 background. Pillow refuses pictures of more than `max_pixels` pixels before decoding them
 (a decompression bomb: a small file that would decode to gigabytes).
 
-Writing: lossless 8-bit RGB PNG without metadata (EXIF, GPS and the like are not
-copied), never over an existing file unless asked.
+Only regular files are opened: a FIFO, a device or a socket (named like an image or not)
+is refused from its stat, before anything opens it (opening a FIFO waits forever for a
+writer), and checked again on the open file.
+
+Writing: lossless 8-bit RGB PNG without the input's metadata (EXIF, GPS and the like
+are not copied; only the text given, the salt of its key), through a temporary file
+created exclusively, never over an existing file unless asked.
 
 A file that cannot be used raises ImageError with a one-line reason for people.
 """
@@ -17,13 +22,15 @@ A file that cannot be used raises ImageError with a one-line reason for people.
 import dataclasses
 import io
 import os
+import stat
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
 
+from sdn_jax.atomic_files import written_atomically
 from sdn_jax.images import round_to_uint8
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF")  # MPO: phones' JPEGs
@@ -51,6 +58,16 @@ def read_image(
     fit=None takes the picture as it is and requires it to be size x size already (the
     anonymized images that deanonymize reads: any resampling would break recovery).
     """
+    return read_image_and_text(path, size, fit, max_pixels)[0]
+
+
+def read_image_and_text(
+    path: str | os.PathLike,
+    size: int,
+    fit: str | None = "crop",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[np.ndarray, dict[str, str]]:
+    """read_image's pixels and the file's text chunks (PNG tEXt/iTXt; {} for others)."""
     if fit is not None and fit not in FITS:
         raise ValueError(f"fit must be one of {FITS} or None, got {fit!r}")
     previous = Image.MAX_IMAGE_PIXELS
@@ -59,15 +76,15 @@ def read_image(
             # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that: both refuse.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = max_pixels
-            with Image.open(path) as image:
+            with open_regular(path) as file, Image.open(file) as image:
                 if image.format not in SUPPORTED_FORMATS:
                     raise ImageError(
                         f"{image.format} images are not supported "
                         f"(use {', '.join(f for f in SUPPORTED_FORMATS if f != 'MPO')})"
                     )
-                image = ImageOps.exif_transpose(image)  # Decodes the pixels.
-                image.load()
-                rgb = to_rgb(image)
+                image.load()  # Decodes the pixels (and reads text chunks after them).
+                text = {k: v for k, v in getattr(image, "text", {}).items() if isinstance(v, str)}
+                rgb = to_rgb(ImageOps.exif_transpose(image))
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -86,8 +103,42 @@ def read_image(
                 f"is {width}x{height}, but this model's images are {size}x{size}: not an "
                 "image this model anonymized (or it was resized since)"
             )
-        return np.asarray(rgb)
-    return np.asarray(fit_image(rgb, size, fit))
+        return np.asarray(rgb), text
+    return np.asarray(fit_image(rgb, size, fit)), text
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def not_regular(mode: int, link: bool = False) -> str | None:
+    """Why a file of this st_mode is not read (None: a regular file); `link`: reached
+    through a symlink."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not an image file"
+    kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+    return f"is {'a link to ' if link else ''}{kind}, not a regular file: skipped, never opened"
+
+
+def open_regular(path: str | os.PathLike):
+    """The file at `path` opened for reading, if it is a regular file (links followed);
+    else ImageError, before opening it. O_NONBLOCK and a second look at the open file
+    close the race with a FIFO swapped in between."""
+    reason = not_regular(os.stat(path).st_mode)
+    if reason is None:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        reason = not_regular(os.fstat(fd).st_mode)
+        if reason is None:
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        os.close(fd)
+    raise ImageError(reason)
 
 
 def _describe_read_error(path, error: Exception) -> str:
@@ -132,23 +183,27 @@ def fit_image(image: Image.Image, size: int, fit: str = "crop") -> Image.Image:
     raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
 
 
-def write_png(path: str | os.PathLike, pixels: np.ndarray, overwrite: bool = False) -> None:
-    """Writes uint8 (H, W, 3) as a PNG; an existing file is an ImageError unless `overwrite`.
+def write_png(
+    path: str | os.PathLike,
+    pixels: np.ndarray,
+    overwrite: bool = False,
+    text: Mapping[str, str] | None = None,
+) -> None:
+    """Writes uint8 (H, W, 3) as a PNG with `text` chunks; an existing file is an
+    ImageError unless `overwrite`.
 
-    With `overwrite` the file is replaced in one rename, so an interrupted write never
-    leaves half a file in place of a good one.
+    The PNG is written to an exclusively created temporary file and then given its name
+    in one step (atomic_files), so an interrupted write never leaves half a file, and a
+    file or symlink planted at a temporary name is never written through.
     """
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(pixels, np.uint8), "RGB").save(buffer, format="PNG")
-    path = Path(path)
+    Image.fromarray(np.asarray(pixels, np.uint8), "RGB").save(buffer, format="PNG", pnginfo=info)
     try:
-        if not overwrite:
-            with open(path, "xb") as f:
-                f.write(buffer.getvalue())
-            return
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_bytes(buffer.getvalue())
-        os.replace(partial, path)
+        with written_atomically(path, overwrite=overwrite) as f:
+            f.write(buffer.getvalue())
     except FileExistsError:
         raise ImageError(f"{path} exists (--overwrite replaces it)") from None
     except OSError as error:
@@ -162,6 +217,21 @@ class Item:
     path: str
     error: str | None = None
     output: str | None = None  # the output file's name, once assigned
+    link: str | None = None  # where the input, a symlink, leads
+    done: bool = False  # its output is written
+    record: dict = dataclasses.field(default_factory=dict)  # more for its manifest entry
+
+
+def _check_file(path: str) -> tuple[str | None, str | None]:
+    """(error, link target) of a path that is not a folder: only regular files are read."""
+    link = os.path.realpath(path) if os.path.islink(path) else None
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return ("no such file (or a broken link)" if link else "no such file or folder"), link
+    except OSError as error:
+        return f"cannot read: {error.strerror or error}", link
+    return not_regular(mode, link is not None), link
 
 
 def collect_inputs(
@@ -171,28 +241,31 @@ def collect_inputs(
 
     A folder contributes the files directly inside it (not subfolders) whose names end in
     IMAGE_SUFFIXES, hidden ones and those named in `ignore` excepted, sorted by name. A
-    path that does not exist or a folder that cannot be listed becomes an Item with an
-    error. A file reached twice is used once. `notes` says what was skipped in folders.
+    path that does not exist, is not a regular file (a FIFO, a device, a socket, or a link
+    to one: never opened) or a folder that cannot be listed becomes an Item with an error;
+    a symlink is followed to a regular file and its target recorded. A file reached twice
+    is used once. `notes` says what was skipped in folders.
     """
     items, notes, seen = [], [], set()
 
-    def add(path: str, error: str | None = None) -> None:
+    def add(path: str) -> None:
+        error, link = _check_file(path)
         real = os.path.realpath(path)
         if error is None and real in seen:
             return
         seen.add(real)
-        items.append(Item(path=path, error=error))
+        items.append(Item(path=path, error=error, link=link))
 
     for raw in paths:
         path = os.fspath(raw)
         if not os.path.isdir(path):
-            add(path, None if os.path.lexists(path) else "no such file or folder")
+            add(path)
             continue
         try:
             with os.scandir(path) as entries:
                 entries = sorted(entries, key=lambda e: e.name)
         except OSError as error:
-            add(path, f"cannot list folder: {error.strerror or error}")
+            items.append(Item(path=path, error=f"cannot list folder: {error.strerror or error}"))
             continue
         skipped = 0
         for entry in entries:
@@ -207,17 +280,20 @@ def collect_inputs(
     return items, notes
 
 
-def assign_outputs(items: Sequence[Item], output_dir: str | os.PathLike) -> None:
-    """Gives each readable input an output name `<stem>.png`, unique in this run.
+def assign_outputs(items: Sequence[Item], output_dir: str | os.PathLike, taken=()) -> None:
+    """Gives each readable input without one an output name `<stem>.png`, unique in this
+    run and not in `taken` (names already used in the folder, e.g. by a resumed run).
 
     A second input with the same stem (a.jpg and a.png, or two folders' a.png) gets
     `<stem>-2.png`, and so on; names compare case-insensitively (as macOS and Windows do)
     and never name an input file, so no input is overwritten and no output is lost.
+    Items that already have an output keep it.
     """
     inputs = {os.path.normcase(os.path.realpath(item.path)) for item in items}
-    used: set[str] = set()
+    used = {name.casefold() for name in taken}
+    used |= {item.output.casefold() for item in items if item.output is not None}
     for item in items:
-        if item.error is not None:
+        if item.error is not None or item.output is not None:
             continue
         stem = Path(item.path).stem or "image"
         n = 1

@@ -1,7 +1,8 @@
 """A trained run's encoder and decoder, loaded for anonymizing and recovering images.
 
     model = inference.load("runs/default")        # or load(checkpoint="runs/default/checkpoints")
-    key = inference.make_key(passphrase, {"Smiling": True, ...}, model.model_settings)
+    salt = passphrase.new_salt()                  # stored beside the image (or use an album's)
+    key = inference.make_key(passphrase, {"Smiling": True, ...}, model.model_settings, salt=salt)
     anonymized = model.anonymize(images, key)     # (N, S, S, 3) float in [-1, 1]
     original = model.recover(anonymized, key)
 
@@ -48,7 +49,8 @@ class LoadError(Exception):
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Key:
-    """The decoder's key: password (K,) and attribute choices (A,), each {-0.5, +0.5}."""
+    """The decoder's key: password (K,) and attribute choices (A,), each {-0.5, +0.5}.
+    password may also be (N, K): one per image (each image's own salt)."""
 
     password: np.ndarray
     attributes: np.ndarray
@@ -66,9 +68,17 @@ class RunConfig:
     ema: bool  # the run keeps moving averages of E and G: they are the model
 
 
-def make_key(passphrase: str, choices: Mapping[str, bool], model: settings_lib.Model) -> Key:
-    """The Key of a passphrase (scrypt: sdn_jax.passphrase) and {attribute: bool}."""
-    bits = passphrase_lib.password_bits(passphrase, model.password_bits)
+def make_key(
+    passphrase: str,
+    choices: Mapping[str, bool],
+    model: settings_lib.Model,
+    *,
+    salt: bytes | None = None,
+    kdf_version: int = passphrase_lib.KDF_VERSION,
+) -> Key:
+    """The Key of a passphrase and salt (scrypt at a KDF version: sdn_jax.passphrase; the
+    current version needs a salt, version 1 takes none) and {attribute: bool}."""
+    bits = passphrase_lib.password_bits(passphrase, model.password_bits, salt, kdf_version)
     attributes = passphrase_lib.attributes_to_vector(choices, model.key_attributes)
     return Key(password=passphrase_lib.bits_to_vector(bits), attributes=attributes)
 
@@ -89,13 +99,9 @@ def weights_fingerprint(params: Mapping) -> str:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _transform(encoder, decoder, params, images, direction, password, attributes):
-    """One fixed-size batch; the modules are static (equal configs share one compile)."""
-    batch = images.shape[0]
-    condition = keys.condition_vector(
-        direction,
-        jnp.broadcast_to(password, (batch, password.shape[-1])),
-        jnp.broadcast_to(attributes, (batch, attributes.shape[-1])),
-    )
+    """One fixed-size batch, a key per image; the modules are static (equal configs share
+    one compile)."""
+    condition = keys.condition_vector(direction, password, attributes)
     return sdn.generate({"encoder": encoder, "decoder": decoder}, params, images, condition)
 
 
@@ -148,17 +154,21 @@ class Model:
             raise ValueError(f"images must be (N, {size}, {size}, 3), got {images.shape}")
         if images.size and not (images.min() >= -1.0 and images.max() <= 1.0):
             raise ValueError("images must be in [-1, 1]")
-        if key.password.shape != (self.run.model.password_bits,) or key.attributes.shape != (
-            len(self.key_attributes),
+        bits, count = self.run.model.password_bits, len(self.key_attributes)
+        if key.password.shape not in ((bits,), (len(images), bits)) or key.attributes.shape != (
+            count,
         ):
-            raise ValueError("the key was made for another model configuration")
+            raise ValueError("the key was made for another model configuration or image count")
         if not len(images):
             return np.zeros((0, size, size, 3), np.float32)
+        # Every batch gets a key per row (one shape: one compiled program for any key).
+        passwords = np.broadcast_to(key.password, (len(images), bits))
+        attributes = np.broadcast_to(key.attributes, (len(images), count))
         encoder, decoder = self.networks["encoder"], self.networks["decoder"]
-        run = lambda x: _transform(
-            encoder, decoder, self.params, x, np.float32(direction), key.password, key.attributes
+        run = lambda x, p, a: _transform(
+            encoder, decoder, self.params, x, np.float32(direction), p, a
         )
-        return map_in_batches(run, [images], self.batch_size)
+        return map_in_batches(run, [images, passwords, attributes], self.batch_size)
 
 
 def read_config(path: str | os.PathLike) -> RunConfig:

@@ -1,4 +1,4 @@
-"""A user's key on the host: passphrase -> password bits, and attribute choices.
+"""A user's key on the host: passphrase (+ salt) -> password bits, and attribute choices.
 
 A user's passphrase becomes K password bits through scrypt (a standard, memory-hard KDF,
 so a guess costs real time); the user also picks values for the configured key
@@ -6,11 +6,16 @@ attributes (parsed here from the command line's NAME=VALUE list). The network se
 bit as -0.5 / +0.5 (METHOD.md section 2); sdn_jax.keys builds the decoder's condition
 from these vectors and samples the keys of training.
 
+KDF versions: 1 (one constant salt for everyone, N = 2^14) is kept only so that images
+anonymized with it still recover; 2 (a fresh random 128-bit salt per image, N = 2^17)
+makes every guess cost ~0.4 s here and every image its own dictionary attack.
+
 Secrecy: nothing derived from a passphrase is logged, printed, stored or put into an
 exception message by this module.
 """
 
 import hashlib
+import secrets
 import time
 import types
 import unicodedata
@@ -20,29 +25,77 @@ import numpy as np
 
 from sdn_jax.data.attributes import attribute_indices
 
-# Changing the version, salt or cost changes every passphrase's bits, so every image
-# anonymized before can no longer be recovered: bump KDF_VERSION (and the salt) on purpose.
-KDF_VERSION = 1
-KDF_PARAMS: Mapping[str, object] = types.MappingProxyType(
+# Each version's scrypt parameters are fixed for good: changing one changes every key of
+# that version, so the images anonymized with it no longer recover. A new cost is a new
+# version. The parameters are looked up by version number, never read from a file: a
+# file naming a weak N would turn a recovered image that someone sees into a cheap test
+# of passphrase guesses, and a huge one would exhaust memory (README "The key").
+KDF_VERSION = 2  # what new outputs use
+SALT_BYTES = 16  # 128 bits, from the OS's CSPRNG (new_salt)
+KDF_VERSIONS: Mapping[int, Mapping[str, object]] = types.MappingProxyType(
     {
-        "salt": b"sdn-jax/password-key/v1",
-        "n": 2**14,  # CPU/memory cost: scrypt needs 128 * r * n bytes = 16 MiB per guess
-        "r": 8,
-        "p": 1,
-        "maxmem": 64 * 2**20,  # room for the 16 MiB above; OpenSSL's default is 32 MiB
+        # The salt is one constant: outputs from before per-image salts.
+        1: types.MappingProxyType({"salt": b"sdn-jax/password-key/v1", "n": 2**14, "r": 8, "p": 1}),
+        # salt None: each image's own (SALT_BYTES); 128 * r * n = 128 MiB per guess.
+        2: types.MappingProxyType({"salt": None, "n": 2**17, "r": 8, "p": 1}),
     }
 )
 MAX_PASSWORD_BITS = 512
+MIN_PASSPHRASE_CHARS = 12  # below this, or with fewer than MIN_DISTINCT_CHARS, a warning
+MIN_DISTINCT_CHARS = 5
 
 _TRUE_WORDS = ("1", "true", "yes")
 _FALSE_WORDS = ("0", "false", "no")
 
 
-def password_bits(passphrase: str, num_bits: int) -> np.ndarray:
-    """scrypt(NFC-normalised UTF-8 passphrase) as num_bits uint8 {0,1}, most significant first.
+def kdf_params(version: int) -> Mapping[str, object]:
+    """scrypt's parameters of a KDF version; ValueError for a version this code lacks."""
+    if isinstance(version, bool) or version not in KDF_VERSIONS:
+        raise ValueError(
+            f"unknown key derivation version {version!r} (this sdn_jax knows "
+            f"{', '.join(map(str, KDF_VERSIONS))}; a newer sdn_jax wrote it?)"
+        )
+    return KDF_VERSIONS[version]
 
-    A shorter key is a prefix of a longer one for the same passphrase (scrypt's output
-    does not depend on its length), which is harmless: the passphrase is the secret.
+
+def kdf_record(version: int = KDF_VERSION) -> dict:
+    """What outputs record of how their key was derived (not the salt): public."""
+    params = kdf_params(version)
+    return {"version": version, "algorithm": "scrypt", **{k: params[k] for k in "nrp"}}
+
+
+def check_kdf_record(record) -> int:
+    """The version of a kdf_record read from a file; ValueError (naming the field) unless
+    its scrypt parameters are exactly that version's (a weaker N is never used)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"is a {type(record).__name__}, not an object")
+    version = record.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"version is {version!r}, not a number")
+    expected = kdf_record(version)
+    for field, value in expected.items():
+        if record.get(field) != value or type(record.get(field)) is not type(value):
+            raise ValueError(
+                f"{field} is {record.get(field)!r}, but key derivation version {version} "
+                f"is {field}={value!r}: refused (a damaged or edited file)"
+            )
+    return version
+
+
+def new_salt() -> bytes:
+    """A fresh random salt (not secret: it is stored beside the image it salts)."""
+    return secrets.token_bytes(SALT_BYTES)
+
+
+def password_bits(
+    passphrase: str, num_bits: int, salt: bytes | None = None, version: int = KDF_VERSION
+) -> np.ndarray:
+    """scrypt(NFC-normalised UTF-8 passphrase, salt) as num_bits uint8 {0,1}, most
+    significant first, at a KDF version: 1 takes no salt (its constant), 2 needs one of
+    SALT_BYTES bytes.
+
+    A shorter key is a prefix of a longer one for the same passphrase and salt (scrypt's
+    output does not depend on its length), which is harmless: the passphrase is the secret.
     """
     if (
         isinstance(num_bits, bool)
@@ -53,6 +106,24 @@ def password_bits(passphrase: str, num_bits: int) -> np.ndarray:
         raise ValueError(
             f"num_bits must be a positive multiple of 8 up to {MAX_PASSWORD_BITS}, got {num_bits!r}"
         )
+    secret = encode_passphrase(passphrase)
+    params = kdf_params(version)
+    if params["salt"] is not None:
+        if salt is not None:
+            raise ValueError(f"key derivation version {version} has a fixed salt; give none")
+        salt = params["salt"]
+    elif not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
+        raise ValueError(f"key derivation version {version} needs a {SALT_BYTES}-byte salt")
+    n, r, p = params["n"], params["r"], params["p"]
+    derived = hashlib.scrypt(
+        secret, salt=salt, n=n, r=r, p=p, maxmem=2 * 128 * r * n, dklen=num_bits // 8
+    )  # maxmem: twice scrypt's 128 * r * n bytes (OpenSSL's default, 32 MiB, is too little)
+    return np.unpackbits(np.frombuffer(derived, np.uint8))
+
+
+def encode_passphrase(passphrase: str) -> bytes:
+    """The bytes scrypt gets: NFC-normalised UTF-8 (the same text typed on any system
+    gives the same key); TypeError/ValueError, holding nothing of it, if unusable."""
     if not isinstance(passphrase, str):
         raise TypeError(f"passphrase must be a str, not {type(passphrase).__name__}")
     if not passphrase:
@@ -63,18 +134,29 @@ def password_bits(passphrase: str, num_bits: int) -> np.ndarray:
         secret = None
     if secret is None:  # raised outside `except` so no exception chains to the one above
         raise ValueError("passphrase is not valid Unicode text (it holds a lone surrogate)")
-    derived = hashlib.scrypt(secret, dklen=num_bits // 8, **KDF_PARAMS)
-    return np.unpackbits(np.frombuffer(derived, np.uint8))
+    return secret
 
 
-def kdf_seconds_per_guess(repeats: int = 3) -> float:
-    """Fastest of `repeats` derivations of a public dummy passphrase: a brute-force cost."""
+def kdf_seconds_per_guess(repeats: int = 3, version: int = KDF_VERSION) -> float:
+    """Fastest of `repeats` derivations of a public dummy passphrase at a KDF version (the
+    current one by default): what one brute-force guess costs."""
+    salt = None if kdf_params(version)["salt"] is not None else bytes(SALT_BYTES)
     times = []
     for _ in range(max(1, repeats)):
         start = time.perf_counter()
-        password_bits("kdf timing dummy", 64)
+        password_bits("kdf timing dummy", 64, salt, version)
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def is_weak(passphrase: str) -> bool:
+    """Shorter than MIN_PASSPHRASE_CHARS, or fewer than MIN_DISTINCT_CHARS different
+    characters (one repeated character, whitespace only): a warning, never a refusal."""
+    text = unicodedata.normalize("NFC", passphrase)
+    distinct = set(text.casefold())
+    return (
+        len(text) < MIN_PASSPHRASE_CHARS or len(distinct) < MIN_DISTINCT_CHARS or not text.strip()
+    )
 
 
 def bits_to_vector(bits) -> np.ndarray:

@@ -1,14 +1,20 @@
 """`python -m sdn_jax.anonymize` / `deanonymize` on a tiny trained run, in-process.
 
 Real photographs from scikit-image go through; anonymizing then recovering through PNG
-files gives what the model gives in memory; the manifest, untouched inputs, and the
-passphrase nowhere. Bad inputs and usage errors: test_anonymize_cli_errors.py.
+files gives what the model gives in memory, each image under its own salt; the manifest,
+what deanonymize makes of the manifest beside its inputs (another run's, a malformed one,
+none), untouched inputs, and the passphrase nowhere. Bad inputs, usage errors,
+interruptions: test_anonymize_cli_errors.py.
+
+scrypt's N is 2^10 here (`fast_kdf`): the real N = 2^17 costs ~0.4 s a derivation, and
+only test_passphrase.py and the real process of test_command_line_with_fit_pad pay it.
 """
 
 import contextlib
 import hashlib
 import io
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +23,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from sdn_jax import anonymize, deanonymize, image_files, inference
+from sdn_jax import anonymize, deanonymize, image_files, inference, passphrase
+from sdn_jax import manifest as manifest_lib
 from sdn_jax.evaluation.metrics import psnr
 from sdn_jax.images import from_uint8, to_uint8
 
@@ -26,6 +33,18 @@ PASSPHRASE = "correct horse battery staple ü"  # also not ASCII
 WRONG = "correct horse battery stapler ü"
 ATTRIBUTES = "Smiling=1,Eyeglasses=0"
 CHOICES = {"Smiling": True, "Eyeglasses": False}
+
+
+REAL_KDF = passphrase.KDF_VERSIONS
+FAST_KDF = {**REAL_KDF, 2: {**REAL_KDF[2], "n": 2**10}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_kdf():
+    """Version 2 at N = 2^10 for this module's commands (and their manifests and PNGs)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(passphrase, "KDF_VERSIONS", FAST_KDF)
+        yield
 
 
 @dataclass
@@ -63,6 +82,20 @@ def _pixels(path) -> np.ndarray:
 
 def _manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
+
+
+def _salt_of(path: Path) -> str:
+    with Image.open(path) as image:
+        image.load()
+        return image.text["sdn_jax.salt"]
+
+
+def _keys(model, manifest: dict, names, passphrase_=PASSPHRASE) -> inference.Key:
+    """The per-image Key of the outputs `names` of an anonymize manifest."""
+    salts = {e["output"]: bytes.fromhex(e["salt"]) for e in manifest["images"] if "output" in e}
+    keys = [inference.make_key(passphrase_, CHOICES, model.model_settings, salt=salts[n])
+            for n in names]  # fmt: skip
+    return inference.Key(np.stack([k.password for k in keys]), keys[0].attributes)
 
 
 def _digests(folder: Path) -> dict:
@@ -141,17 +174,23 @@ def test_anonymize_writes_pngs_and_the_manifest(anonymized, photos, trained_run)
     assert "anonymized 6 image(s)" in result.err and "images/s" in result.err
     assert "img/s" in result.err  # the progress bar (on a terminal, 5 images or more)
     manifest = _manifest(out)
+    salts = [entry.pop("salt") for entry in manifest["images"]]
     assert manifest == {
         "tool": "sdn_jax.anonymize",
         "version": "0.1.0",
-        "kdf_version": 1,
+        "kdf_version": 2,
         "run": str(trained_run),
         "step": 6,
+        "fingerprint": inference.load(trained_run).fingerprint,
         "image_size": 32,
         "attributes": CHOICES,
+        "kdf": {"version": 2, "algorithm": "scrypt", "n": 2**10, "r": 8, "p": 1,
+                "salt": "one per image"},
         "fit": "crop",
+        "complete": True,
         "num_succeeded": 6,
         "num_failed": 0,
+        "num_interrupted": 0,
         "images": [
             {"input": str(photos / "astronaut.jpg"), "output": "astronaut.png"},
             {"input": str(photos / "astronaut.png"), "output": "astronaut-2.png"},
@@ -160,12 +199,19 @@ def test_anonymize_writes_pngs_and_the_manifest(anonymized, photos, trained_run)
             {"input": str(photos / "face2.png"), "output": "face2.png"},
             {"input": str(photos / "rgba.webp"), "output": "rgba.png"},
         ],
-    }
+    }  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["manifest.json"] + [e["output"] for e in manifest["images"]]
     )
-    for entry in manifest["images"]:
+    # Every image has its own 128-bit salt, in its PNG (with the KDF) and the manifest.
+    assert len(set(salts)) == 6 and all(len(bytes.fromhex(salt)) == 16 for salt in salts)
+    for entry, salt in zip(manifest["images"], salts):
         assert _pixels(out / entry["output"]).shape == (32, 32, 3)
+        assert _salt_of(out / entry["output"]) == salt
+    with Image.open(out / "face0.png") as image:
+        image.load()
+        recorded = json.loads(image.text["sdn_jax.kdf"])
+    assert recorded == {k: v for k, v in manifest["kdf"].items() if k != "salt"}
 
 
 def test_round_trip_through_files_matches_the_model(anonymized, recovered, photos, model):
@@ -180,7 +226,7 @@ def test_round_trip_through_files_matches_the_model(anonymized, recovered, photo
     originals = _fitted_originals(photos, _manifest(out))
     names = list(originals)
     x = from_uint8(np.stack([originals[n] for n in names]))
-    key = inference.make_key(PASSPHRASE, CHOICES, model.model_settings)
+    key = _keys(model, _manifest(out), names)
 
     anonymized_files = np.stack([_pixels(out / n) for n in names])
     expected = to_uint8(model.anonymize(x, key))
@@ -223,18 +269,99 @@ def test_inputs_are_untouched_and_the_passphrase_is_nowhere(
                 assert secret.encode(encoding, "ignore") not in data, (path, encoding)
 
 
-def test_deanonymize_names_a_step_or_attributes_that_differ(
-    anonymized, trained_run, keyfiles, tmp_path
+def _edited_copy(folder: Path, to: Path, **changes) -> Path:
+    """A copy of an anonymized folder whose manifest has `changes`."""
+    shutil.copytree(folder, to)
+    manifest = {**_manifest(folder), **changes}
+    (to / "manifest.json").write_text(json.dumps(manifest))
+    return to
+
+
+def test_deanonymize_names_what_differs_in_the_manifest_beside_its_inputs(
+    anonymized, recovered, trained_run, model, keyfiles, tmp_path
 ):
+    """Another step, another run's checkpoint at the same step (a wrong face with no word,
+    before), other attributes or their order: a warning each; a malformed manifest: a
+    warning per bad field, and the images recover as before (their salts are in them)."""
     out, _ = anonymized
-    result = _run(
-        deanonymize.main,
-        *("--workdir", trained_run, "--step", "3", "--password-file", keyfiles[PASSPHRASE]),
-        *("--input", out, "--output", tmp_path / "rec"),
-    )
+    flags = ("--workdir", trained_run, "--password-file", keyfiles[PASSPHRASE])
+    result = _run(deanonymize.main, *flags, "--step", "3", "--input", out, "--output",
+                  tmp_path / "rec")  # fmt: skip
     assert result.code == 0
     assert "says step 6 anonymized these images; this is step 3 (--step chooses)" in result.err
+    assert f"says weights {model.fingerprint} anonymized these images; this checkpoint's are " in (
+        result.err
+    )
     assert "anonymized with --attributes Smiling=1,Eyeglasses=0" in result.err
+
+    other = _edited_copy(out, tmp_path / "other", run="/elsewhere/run",
+                         fingerprint="0123456789abcdef",
+                         attributes={"Eyeglasses": False, "Smiling": True})  # fmt: skip
+    result = _run(deanonymize.main, *flags, "--attributes", ATTRIBUTES, "--input", other,
+                  "--output", tmp_path / "rec_other")  # fmt: skip
+    where = other / "manifest.json"
+    assert result.code == 0
+    for line in (
+        f"warning: {where} says weights 0123456789abcdef anonymized these images; this "
+        f"checkpoint's are {model.fingerprint}: other weights recover other faces",
+        f"warning: {where} says run /elsewhere/run anonymized these images; this is {trained_run}",
+        f"warning: {where} names the key attributes Eyeglasses, Smiling (in this order); this "
+        "run's are Smiling, Eyeglasses: another run's key",
+    ):
+        assert line in result.err.splitlines(), (line, result.err)
+
+    bad = _edited_copy(out, tmp_path / "bad", step=[6], kdf="scrypt",
+                       attributes={"Smiling": "maybe", "Eyeglasses": False})  # fmt: skip
+    manifest = _manifest(bad)
+    manifest["images"][0]["salt"], manifest["images"][1] = "zz", ["not", "an", "entry"]
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    result = _run(deanonymize.main, *flags, "--attributes", ATTRIBUTES, "--input", bad,
+                  "--output", tmp_path / "rec_bad")  # fmt: skip
+    assert result.code == 0 and "Traceback" not in result.err
+    for problem in (
+        "step is a list, not a whole number: ignored",
+        "attributes.Smiling is 'maybe', not true or false: ignored",
+        "kdf is 'scrypt', not an object: ignored",
+        "images[0].salt is 'zz', not 32 hex digits: ignored",
+        "images[1] is a list, not an object: ignored",
+    ):
+        assert f"warning: {bad / 'manifest.json'}: {problem}" in result.err, problem
+    right = recovered["right"][0]
+    for name in ("face0.png", "astronaut.png"):
+        assert (tmp_path / "rec_bad" / name).read_bytes() == (right / name).read_bytes()
+    for content, problem in (("[1, 2]", "is a list, not an object"), ("{", "cannot be read")):
+        (bad / "manifest.json").write_text(content)
+        assert problem in manifest_lib.read(str(bad / "manifest.json")).problems[0]
+
+
+def test_salts_from_the_manifest_and_images_of_kdf_version_1(
+    anonymized, recovered, photos, model, trained_run, keyfiles, tmp_path
+):
+    """A PNG whose text chunks are gone finds its salt in the manifest beside it; one
+    anonymized before salts (KDF version 1, no salt anywhere) still recovers, with a note."""
+    out, _ = anonymized
+    copy, old = tmp_path / "copy", tmp_path / "old"
+    copy.mkdir(), old.mkdir()
+    Image.fromarray(_pixels(out / "face0.png")).save(copy / "face0.png")  # no text chunks
+    shutil.copy(out / "manifest.json", copy)
+    x = from_uint8(image_files.read_image(photos / "face1.png", 32)[None])
+    v1 = inference.make_key(PASSPHRASE, CHOICES, model.model_settings, kdf_version=1)
+    image_files.write_png(old / "face1.png", to_uint8(model.anonymize(x, v1))[0])
+    rec = tmp_path / "rec"
+    result = _run(
+        deanonymize.main,
+        *("--workdir", trained_run, "--password-file", keyfiles[PASSPHRASE]),
+        *("--attributes", ATTRIBUTES, "--input", copy / "face0.png", old / "face1.png"),
+        *("--output", rec),
+    )
+    assert result.code == 0, result.err
+    assert f"note: 1 image(s) carry no salt, e.g. {old / 'face1.png'}: anonymized before" in (
+        result.err
+    )
+    assert (rec / "face0.png").read_bytes() == (recovered["right"][0] / "face0.png").read_bytes()
+    expected = to_uint8(model.recover(from_uint8(_pixels(old / "face1.png")[None]), v1))[0]
+    assert np.abs(_pixels(rec / "face1.png").astype(int) - expected).max() <= 1
+    assert [e["kdf_version"] for e in _manifest(rec)["images"]] == [2, 1]
 
 
 def test_deanonymize_refuses_other_sizes_and_warns_of_jpegs(

@@ -1,20 +1,25 @@
-"""`python -m sdn_jax.anonymize` / `deanonymize` on a tiny trained run: bad inputs,
-usage errors, no overwriting, the passphrase's sources, and one real process.
+"""`python -m sdn_jax.anonymize` / `deanonymize` on a tiny trained run: bad inputs
+(FIFOs, devices, links), usage errors, no overwriting (nor writing through planted
+links), Ctrl-C and --resume, the passphrase's sources and hygiene, and one real process
+(at the real scrypt cost, recovered in-process).
 
-The helpers come from test_anonymize_cli.
+The helpers (and `fast_kdf`, scrypt at N = 2^10) come from test_anonymize_cli.
 """
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import skimage.data
 from PIL import Image
 from test_anonymize_cli import (
     PASSPHRASE,
+    REAL_KDF,
     ROOT,
     WRONG,
     Result,
@@ -23,12 +28,15 @@ from test_anonymize_cli import (
     _password_file,
     _pixels,
     _run,
+    _salt_of,
     _Terminal,
     _write_photos,
+    fast_kdf,  # noqa: F401 - the module's autouse fixture
 )
 from test_image_files import raw_png
 
-from sdn_jax import anonymize, deanonymize, image_cli
+from sdn_jax import anonymize, deanonymize, file_keys, image_files, inference, passphrase
+from sdn_jax.images import from_uint8, to_uint8
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +58,10 @@ def test_bad_inputs_are_reported_and_the_rest_processed(trained_run, tmp_path, m
     Image.fromarray(skimage.data.astronaut()[::8, ::8]).save(tmp_path / "anim.gif")
     os.symlink(tmp_path / "gone.jpg", photos / "link.jpg")
     (photos / "readme.txt").write_text("not an image name: skipped")
+    os.mkfifo(photos / "fifo.png")  # opening it waited forever for a writer
+    os.symlink("/dev/null", photos / "device.png")
+    shutil.copy(photos / "good.jpg", tmp_path / "same.jpg")  # the same picture, linked
+    os.symlink(tmp_path / "same.jpg", photos / "linked.jpg")
     real_scandir = os.scandir
 
     def scandir(path):  # root reads any folder: a listing error is simulated
@@ -69,6 +81,8 @@ def test_bad_inputs_are_reported_and_the_rest_processed(trained_run, tmp_path, m
     assert result.code == 1
     errors = {
         "anim.gif": "GIF images are not supported (use PNG, JPEG, WEBP, BMP, TIFF)",
+        "device.png": "is a link to a character device, not a regular file: skipped, never opened",
+        "fifo.png": "is a FIFO (named pipe), not a regular file: skipped, never opened",
         "bomb.png": "refused: more than 100,000,000 pixels, a possible decompression bomb "
         "(--max-pixels raises the limit)",
         "empty.png": "empty file (0 bytes)",
@@ -79,15 +93,20 @@ def test_bad_inputs_are_reported_and_the_rest_processed(trained_run, tmp_path, m
         "missing.png": "no such file or folder",
     }
     manifest = _manifest(out)
-    assert manifest["num_succeeded"] == 1 and manifest["num_failed"] == len(errors)
+    assert manifest["num_succeeded"] == 2 and manifest["num_failed"] == len(errors)
     got = {Path(e["input"]).name: e.get("error", e.get("output")) for e in manifest["images"]}
-    assert got == {"good.jpg": "good.png", **errors}
+    assert got == {"good.jpg": "good.png", "linked.jpg": "linked.png", **errors}
     for entry in manifest["images"]:
         if "error" in entry:
             assert f"error: {entry['input']}: {entry['error']}" in result.err
+    links = {Path(e["input"]).name: e["link"] for e in manifest["images"] if "link" in e}
+    assert links == {"device.png": "/dev/null", "link.jpg": str(tmp_path / "gone.jpg"),
+                     "linked.jpg": str(tmp_path / "same.jpg")}  # fmt: skip
     assert "skipped 1 subfolder(s) or non-image file(s)" in result.err
-    assert sorted(p.name for p in out.iterdir()) == ["good.png", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["good.png", "linked.png", "manifest.json"]
     assert "Traceback" not in result.err
+    # The same picture twice, two salts: two different faces (no key is shared).
+    assert np.abs(_pixels(out / "good.png").astype(int) - _pixels(out / "linked.png")).mean() > 1
 
 
 def _anonymize_one(trained_run, photo: Path, out: Path, *flags) -> Result:
@@ -106,6 +125,9 @@ def test_usage_errors_exit_2_and_write_nothing(trained_run, photos, tmp_path, mo
         (("--attributes", "Smiling"), "is not NAME=VALUE"),
         (("--step", "4"), "no checkpoint step 4"),
         (("--batch-size", "0"), "--batch-size must be at least 1"),
+        (("--batch-size", "100000000"), "--batch-size must be at most 1024 (every batch is "
+         "padded to it in memory)"),  # was a MemoryError's traceback
+        (("--resume", "--overwrite"), "not allowed with argument"),
         (("--max-pixels", "0"), "--max-pixels must be at least 1"),
         (("--fit", "stretch"), "invalid choice: 'stretch'"),
         (("--checkpoint", trained_run), "not allowed with argument --workdir"),
@@ -129,6 +151,7 @@ def test_usage_errors_exit_2_and_write_nothing(trained_run, photos, tmp_path, mo
 
     help_ = _run(deanonymize.main, "--help")
     assert help_.code == 0 and "--password-file" in help_.out and "--fit" not in help_.out
+    assert "--resume" in help_.out and "--album" not in help_.out
 
 
 def test_outputs_are_never_overwritten_without_the_flag(trained_run, photos, tmp_path, monkeypatch):
@@ -147,15 +170,79 @@ def test_outputs_are_never_overwritten_without_the_flag(trained_run, photos, tmp
     assert again.code == 1 and f"{out / 'face0.png'} exists (--overwrite replaces it)" in again.err
     assert _digests(out)["face0.png"] == before["face0.png"]
 
+    # Links planted at the temporary names of old: the victim stays as it is.
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    for name in (".manifest.json.partial", ".face0.png.partial"):
+        (out / name).symlink_to(Path("..") / "victim")
     monkeypatch.setenv("SDN_PASSWORD", WRONG)
     replaced = _anonymize_one(trained_run, photo, out, "--overwrite")
     assert replaced.code == 0, replaced.err
     assert _digests(out)["face0.png"] != before["face0.png"]
-    assert sorted(p.name for p in out.iterdir()) == ["face0.png", "manifest.json"]
+    assert victim.read_text() == "precious"
+    assert sorted(p.name for p in out.iterdir() if not p.is_symlink()) == [
+        "face0.png",
+        "manifest.json",
+    ]
+
+
+def test_an_interrupted_run_is_marked_and_resumed(trained_run, photos, tmp_path, monkeypatch):
+    """Ctrl-C used to leave PNGs and no manifest, and a rerun could not finish: now the
+    manifest marks the rest `interrupted` (exit 130, one line) and --resume does them,
+    with the album's one salt (the same picture gets the same face across the break)."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for name, source in (("a", "face0"), ("b", "face1"), ("c", "face0")):
+        shutil.copy(photos / f"{source}.png", inputs / f"{name}.png")
+    monkeypatch.setenv("SDN_PASSWORD", PASSPHRASE)
+    write_png = image_files.write_png
+
+    def write_one_then_stop(path, *args, **kwargs):
+        if os.path.exists(out / "a.png"):
+            raise KeyboardInterrupt
+        write_png(path, *args, **kwargs)
+
+    monkeypatch.setattr(image_files, "write_png", write_one_then_stop)
+    stopped = _anonymize_one(trained_run, inputs, out, "--album")
+    assert stopped.code == 130 and "Traceback" not in stopped.err
+    assert stopped.err.splitlines()[-1] == (
+        f"python -m sdn_jax.anonymize: interrupted: 1 of 3 image(s) done, 0 failed, 2 marked "
+        f"interrupted in {out / 'manifest.json'}; --resume finishes them"
+    )
+    manifest = _manifest(out)
+    assert not manifest["complete"] and manifest["num_interrupted"] == 2
+    assert [sorted(e) for e in manifest["images"]] == [
+        ["input", "output", "salt"], ["input", "interrupted"], ["input", "interrupted"]
+    ]  # fmt: skip
+    assert sorted(os.listdir(out)) == ["a.png", "manifest.json"]  # no temporary file left
+    monkeypatch.setattr(image_files, "write_png", write_png)
+    first = (out / "a.png").read_bytes()
+
+    again = _anonymize_one(trained_run, inputs, out, "--album")
+    assert again.code == 2 and "--resume finishes an interrupted one" in again.err
+    other = _anonymize_one(trained_run, inputs, out, "--resume", "--attributes", "Smiling=1")
+    assert (
+        other.code == 2
+        and (
+            f"cannot --resume from {out / 'manifest.json'}: attributes Smiling=0,Eyeglasses=0 "
+            "(this run: Smiling=1,Eyeglasses=0); kdf.salt one per album (this run: one per image)"
+        )
+        in other.err
+    )
+    resumed = _anonymize_one(trained_run, inputs, out, "--album", "--resume")
+    assert resumed.code == 0, resumed.err
+    assert "anonymized 2 image(s)" in resumed.err and "1 done before (--resume)" in resumed.err
+    manifest = _manifest(out)
+    assert manifest["complete"] and manifest["num_succeeded"] == 3
+    assert (out / "a.png").read_bytes() == first
+    salts = {e["salt"] for e in manifest["images"]} | {_salt_of(out / f"{n}.png") for n in "abc"}
+    assert salts == {manifest["kdf"]["album_salt"]}
+    np.testing.assert_array_equal(_pixels(out / "a.png"), _pixels(out / "c.png"))
 
 
 def test_passphrase_sources_give_the_same_key(trained_run, photos, tmp_path, monkeypatch):
     photo = photos / "face1.png"
+    monkeypatch.setattr(passphrase, "new_salt", lambda: bytes(16))  # one salt: same outputs
     monkeypatch.setenv("SDN_PASSWORD", PASSPHRASE)
     assert _anonymize_one(trained_run, photo, tmp_path / "env").code == 0
     reference = (tmp_path / "env" / "face1.png").read_bytes()
@@ -174,9 +261,21 @@ def test_passphrase_sources_give_the_same_key(trained_run, photos, tmp_path, mon
     assert f"warning: the password file {shared} is readable by other users" in result.err
     assert (tmp_path / "shared" / "face1.png").read_bytes() == reference
 
+    bom = tmp_path / "bom.txt"  # "UTF-8 with BOM", as some editors save
+    bom.write_bytes(b"\xef\xbb\xbf" + PASSPHRASE.encode() + b"\r\n")
+    bom.chmod(0o600)
+    result = _anonymize_one(trained_run, photo, tmp_path / "bom", "--password-file", bom)
+    assert result.code == 0
+    assert f"note: the password file {bom} starts with a byte order mark (BOM)" in result.err
+    assert (tmp_path / "bom" / "face1.png").read_bytes() == reference
+    monkeypatch.setenv("SDN_PASSWORD", " ")  # accepted (the user decides), with a warning
+    result = _anonymize_one(trained_run, photo, tmp_path / "space")
+    assert result.code == 0 and "warning: this passphrase is weak" in result.err
+    monkeypatch.delenv("SDN_PASSWORD")
+
     answers = iter([PASSPHRASE, PASSPHRASE])
     monkeypatch.setattr(sys, "stdin", _Terminal())
-    monkeypatch.setattr(image_cli.getpass, "getpass", lambda prompt: next(answers))
+    monkeypatch.setattr(file_keys.getpass, "getpass", lambda prompt: next(answers))
     assert _anonymize_one(trained_run, photo, tmp_path / "prompt").code == 0
     assert (tmp_path / "prompt" / "face1.png").read_bytes() == reference
     answers = iter([PASSPHRASE, WRONG])
@@ -197,7 +296,7 @@ def test_passphrase_sources_give_the_same_key(trained_run, photos, tmp_path, mon
     assert "secret" not in result.err and "\\x" not in result.err
 
 
-def test_command_line_with_fit_pad(trained_run, tmp_path):
+def test_command_line_with_fit_pad(trained_run, tmp_path, monkeypatch):
     """One real `python -m sdn_jax.anonymize` process (the others run main() in-process)."""
     out, wide = tmp_path / "out", tmp_path / "wide.jpg"
     Image.fromarray(skimage.data.astronaut()[:256]).save(wide)  # 512 wide, 256 high
@@ -215,3 +314,15 @@ def test_command_line_with_fit_pad(trained_run, tmp_path):
     assert padded.shape == (32, 32, 3)
     assert padded[:7].mean() > 200 and padded[-7:].mean() > 200  # the white bands
     assert PASSPHRASE not in done.stdout + done.stderr
+    assert manifest["kdf"]["n"] == 2**17  # the real cost, recovered with it:
+    monkeypatch.setattr(passphrase, "KDF_VERSIONS", REAL_KDF)
+    monkeypatch.setenv("SDN_PASSWORD", PASSPHRASE)
+    rec = tmp_path / "rec"
+    result = _run(deanonymize.main, "--workdir", trained_run, "--input", out, "--output", rec)
+    assert result.code == 0, result.err
+    model = inference.load(trained_run)
+    salt = bytes.fromhex(manifest["images"][0]["salt"])
+    key = inference.make_key(PASSPHRASE, {"Smiling": False, "Eyeglasses": False},
+                             model.model_settings, salt=salt)  # fmt: skip
+    expected = to_uint8(model.recover(from_uint8(padded[None]), key))[0]
+    assert np.abs(_pixels(rec / "wide.png").astype(int) - expected).max() <= 1

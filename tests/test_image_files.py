@@ -194,9 +194,28 @@ def test_write_png_is_exact_and_never_overwrites_unless_asked(tmp_path):
     with pytest.raises(ImageError, match="exists"):
         image_files.write_png(path, 255 - pixels)
     assert path.read_bytes() == before
-    image_files.write_png(path, 255 - pixels, overwrite=True)
-    np.testing.assert_array_equal(np.asarray(Image.open(path)), 255 - pixels)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]  # no partial file left
+    # Temporary files are made exclusively: links planted at the names of old never
+    # lead the writer to their targets, whether overwriting or not.
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (tmp_path / ".out.png.partial").symlink_to(victim)
+    image_files.write_png(path, 255 - pixels, overwrite=True, text={"sdn_jax.salt": "00ff"})
+    with Image.open(path) as image:
+        np.testing.assert_array_equal(np.asarray(image), 255 - pixels)
+        assert image.text == {"sdn_jax.salt": "00ff"}
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ImageError, match="exists"):
+        image_files.write_png(tmp_path / "dangling.png", pixels)
+    assert victim.read_bytes() == b"precious" and not (tmp_path / "nowhere").exists()
+    names = ["dangling.png", "out.png", ".out.png.partial", "victim"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)  # no temporary left
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # as open() would make it
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_collect_inputs(tmp_path):
@@ -217,6 +236,29 @@ def test_collect_inputs(tmp_path):
         ("explicit.dat", None),
     ]
     assert notes == [f"{folder}: skipped 2 subfolder(s) or non-image file(s)"]
+
+
+def test_only_regular_files_are_read(tmp_path):
+    """A FIFO named like an image hung the command (opening it waits for a writer): it,
+    devices and sockets are refused from their stat; links are followed to regular
+    files only, and their targets recorded."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    os.mkfifo(folder / "fifo.png")
+    (folder / "null.png").symlink_to("/dev/null")
+    (tmp_path / "real.png").write_bytes(b"x")
+    (folder / "link.png").symlink_to(tmp_path / "real.png")
+    items, _ = image_files.collect_inputs([folder, folder / "fifo.png"])
+    got = [(os.path.basename(i.path), i.error, i.link) for i in items]
+    assert got == [
+        ("fifo.png", "is a FIFO (named pipe), not a regular file: skipped, never opened", None),
+        ("link.png", None, str(tmp_path / "real.png")),
+        ("null.png", "is a link to a character device, not a regular file: skipped, never "
+         "opened", "/dev/null"),
+        ("fifo.png", "is a FIFO (named pipe), not a regular file: skipped, never opened", None),
+    ]  # fmt: skip
+    with pytest.raises(ImageError, match="FIFO"):  # read_image refuses it too, unopened
+        read_image(folder / "fifo.png", 32)
 
 
 def test_a_folder_that_cannot_be_listed_is_an_input_error(tmp_path, monkeypatch):

@@ -28,8 +28,8 @@ def model(trained_run):
 
 @pytest.fixture(scope="module")
 def key(model):
-    return inference.make_key(
-        PASSPHRASE, {"Smiling": True, "Eyeglasses": False}, model.model_settings
+    return inference.make_key(  # version 1: a salt-free key, quick to derive
+        PASSPHRASE, {"Smiling": True, "Eyeglasses": False}, model.model_settings, kdf_version=1
     )
 
 
@@ -67,7 +67,7 @@ def test_load_reads_the_moving_averages_the_run_kept(model, trained_run):
 
 
 def test_key_is_the_kdf_bits_and_attributes_and_its_repr_hides_them(model, key):
-    bits = passphrase.password_bits(PASSPHRASE, 16)
+    bits = passphrase.password_bits(PASSPHRASE, 16, version=1)
     np.testing.assert_array_equal(passphrase.vector_to_bits(key.password), bits)
     np.testing.assert_array_equal(key.attributes, [0.5, -0.5])
     assert repr(key) == "Key(<secret>)" and str(key) == "Key(<secret>)"
@@ -103,6 +103,13 @@ def test_results_do_not_depend_on_the_batch_or_its_padding(model, key, trained_r
         small.anonymize(images[4:5], key)[0], model.anonymize(images, key)[4], atol=1e-5
     )
     assert model.anonymize(images[:0], key).shape == (0, 32, 32, 3)
+    # A key per image (each image's salt): the same program; a row's key changes its row.
+    rows = np.repeat(key.password[None], 7, 0)
+    rows[2] = -rows[2]
+    per_image = small.anonymize(images, inference.Key(rows, key.attributes))
+    same = np.arange(7) != 2
+    np.testing.assert_allclose(per_image[same], model.anonymize(images, key)[same], atol=1e-5)
+    assert np.abs(per_image[2] - model.anonymize(images, key)[2]).mean() > 1e-3
 
 
 def test_bad_arguments(model, key):
@@ -110,7 +117,7 @@ def test_bad_arguments(model, key):
         model.anonymize(np.zeros((1, 64, 64, 3)), key)
     with pytest.raises(ValueError, match=r"in \[-1, 1\]"):
         model.anonymize(np.full((1, 32, 32, 3), 2.0), key)
-    other = inference.make_key(PASSPHRASE, {"Smiling": True}, _model(("Smiling",)))
+    other = inference.make_key(PASSPHRASE, {"Smiling": True}, _model(("Smiling",)), kdf_version=1)
     with pytest.raises(ValueError, match="another model configuration"):
         model.recover(np.zeros((1, 32, 32, 3)), other)
     with pytest.raises(ValueError, match="exactly one"):
