@@ -18,8 +18,7 @@ def _umask() -> int:
         return mask
 
 
-# What open() would give a new file (mkstemp makes it private, 0600). Read once, at
-# import: os.umask can only be read by setting it.
+# What open() would give a new file (mkstemp makes it private, 0600), read once at import.
 _NEW_FILE_MODE = 0o666 & ~_umask()
 
 
