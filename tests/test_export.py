@@ -11,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
+from test_anonymize_cli import fast_kdf  # noqa: F401 - its autouse fixture: scrypt at N = 2^10
 
 from sdn_jax import anonymize, deanonymize, export, inference
 
@@ -64,7 +65,7 @@ def test_the_file_commands_give_the_runs_outputs(exported, trained_run, run_mode
     out = exported[0]
     copy = inference.load(checkpoint=out)
     assert copy.step == 6 and copy.fingerprint == run_model.fingerprint
-    key = inference.make_key(PASSPHRASE, CHOICES, run_model.model_settings)
+    key = inference.make_key(PASSPHRASE, CHOICES, run_model.model_settings, salt=bytes(16))
     x = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
     np.testing.assert_array_equal(copy.anonymize(x, key), run_model.anonymize(x, key))
     np.testing.assert_array_equal(copy.recover(x, key), run_model.recover(x, key))
