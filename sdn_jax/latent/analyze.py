@@ -113,9 +113,10 @@ def run(args) -> dict:
     return report
 
 
-def analyze_run(model, settings, workdir, options, progress, attacker=None):
+def analyze_run(model, settings, workdir, options, progress, attacker=None, cache_dir=None):
     """The analysis of a loaded run: its attacker (cached in eval/attacker, trained if
-    missing), the fit photos' latents (cached in RUN/latent) and the test faces."""
+    missing), the fit photos' latents (cached in `cache_dir`, default RUN/latent) and the
+    test faces."""
     import numpy as np  # noqa: PLC0415
 
     import sdn_jax.data as data_lib  # noqa: PLC0415
@@ -135,8 +136,8 @@ def analyze_run(model, settings, workdir, options, progress, attacker=None):
         progress("the attacker")
         attacker = attacker_lib.get_attacker(settings, workdir)
     progress("latents of the fit photos")
-    fit = cache.split_latents(model, source("train"), options.fit_photos,
-                              os.path.join(workdir, LATENT_DIR))  # fmt: skip
+    cache_dir = cache_dir or os.path.join(workdir, LATENT_DIR)
+    fit = cache.split_latents(model, source("train"), options.fit_photos, cache_dir)
     test = source(settings.eval.split)
     index = np.linspace(0, len(test) - 1, min(options.num_faces, len(test))).round().astype(int)
     faces = from_uint8(np.stack([test[int(i)]["image"] for i in index]))
