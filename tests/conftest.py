@@ -47,9 +47,12 @@ import runs  # noqa: E402
 _LAST = (
     "test_steps.py",
     "test_identity_probe.py",
+    "test_attacker.py",
     "test_inference.py",
     "test_anonymize_cli.py",
+    "test_anonymize_cli_errors.py",
     "test_export.py",
+    "test_latent.py",
     "test_evaluate.py",
     "test_security.py",
     "test_benchmark.py",

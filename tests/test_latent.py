@@ -110,8 +110,8 @@ def test_analysis_end_to_end_on_the_tiny_run(trained_run, trained_attacker, tmp_
     model = inference.load(trained_run, batch_size=8)
     settings = run_identity.stored_settings(str(trained_run))
     options = analysis.Options(
-        attributes=("Smiling", "Mustache"), num_faces=4, fit_photos=16, components=3,
-        effect_faces=2, ground_truth_faces=2, batch_size=8,
+        attributes=("Smiling", "Mustache"), num_faces=2, fit_photos=16, components=2,
+        effect_faces=1, ground_truth_faces=1, batch_size=8,
     )  # fmt: skip
     result, pictures = analyze.analyze_run(
         model, settings, str(trained_run), options, print, attacker=trained_attacker[1],
