@@ -176,18 +176,19 @@ def test_classifier_recoloured_copies_join_as_positives(settings, networks, para
     plain_settings = _without_augmentation(settings)
     augmented_settings = _replace(plain_settings, "loss", classifier_recolour=recolour)
 
-    def loss(s, rng=None):
-        with_rng = lambda b, r: objectives.classifier_loss(  # noqa: E731
-            params["classifier"], networks, b, s, r
+    @fast_jit  # one program for the three: one compile
+    def losses_of(b, rng):
+        loss = lambda s, r: objectives.classifier_loss(params["classifier"], networks, b, s, r)  # noqa: E731
+        return (
+            loss(plain_settings, rng),
+            loss(augmented_settings, None),
+            loss(augmented_settings, rng),
         )
-        if rng is None:
-            return fast_jit(lambda b: with_rng(b, None))(batch)
-        return fast_jit(with_rng)(batch, rng)
 
-    clean, (clean_metrics, _) = loss(plain_settings, jax.random.key(3))
-    no_rng, _ = loss(augmented_settings)
+    (clean, (clean_metrics, _)), (no_rng, _), (_, (metrics, _)) = losses_of(
+        batch, jax.random.key(3)
+    )
     np.testing.assert_allclose(no_rng, clean, rtol=1e-6)
-    _, (metrics, _) = loss(augmented_settings, jax.random.key(3))
     for name in ("c_attributes", "c_key_attributes"):
         np.testing.assert_allclose(metrics[name], clean_metrics[name], rtol=1e-6)
     x = jnp.asarray(batch["image"])
@@ -229,20 +230,18 @@ def test_critic_recolour_changes_only_what_the_classifier_sees(settings, network
 
     viewed_settings = _replace(plain_settings, "loss", critic_recolour=1.0)
 
-    def run(s, rng):
-        loss = lambda b, r: objectives.generator_loss(  # noqa: E731
+    @fast_jit  # one program for the three (their G passes are shared): one compile
+    def run(b, rng):
+        loss = lambda s, r: objectives.generator_loss(  # noqa: E731
             {}, params, networks, b, key, jnp.int32(10**6), s, r
         )[1]["terms"]
-        if rng is None:
-            return fast_jit(lambda b: loss(b, None))(batch)
-        return fast_jit(loss)(batch, rng)
+        return loss(plain_settings, rng), loss(viewed_settings, rng), loss(viewed_settings, None)
 
-    plain, views = run(plain_settings, jax.random.key(2)), run(viewed_settings, jax.random.key(2))
+    plain, views, no_rng = run(batch, jax.random.key(2))
     for name in ("recovery", "keep_anonymized", "wrong_distance", "change_anonymized"):
         np.testing.assert_allclose(views[name], plain[name], rtol=1e-6)
     for name in ("identity_embedding", "attributes", "recovered_embedding"):
         assert abs(float(views[name]) - float(plain[name])) > 1e-5, name
-    no_rng = run(viewed_settings, None)
     np.testing.assert_allclose(no_rng["identity_embedding"], plain["identity_embedding"], rtol=1e-6)
 
 
