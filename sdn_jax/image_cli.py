@@ -30,8 +30,6 @@ from sdn_jax import file_keys, image_files, inference, manifest
 from sdn_jax import passphrase as passphrase_lib
 from sdn_jax.file_command_flags import MAX_BATCH_SIZE, build_parser
 from sdn_jax.images import from_uint8, to_uint8
-from sdn_jax.keys import ANONYMIZE, RECOVER
-from sdn_jax.latent import editing, file_edits
 from sdn_jax.manifest import MANIFEST
 
 PASSWORD_ENV = file_keys.PASSWORD_ENV
@@ -128,9 +126,6 @@ def run(argv, *, prog: str, description: str, anonymizing: bool, transform) -> i
         except UsageError as error:
             print(f"{prog}: error: {error}", file=sys.stderr)
             return 2
-        if args.edit:
-            direction = ANONYMIZE if anonymizing else RECOVER
-            transform = file_edits.transform(direction, job.head["edit"])
         return _run(job, args, prog, anonymizing, transform)
     except KeyboardInterrupt:  # before the output folder was made (or in its manifest)
         print(f"{prog}: interrupted", file=sys.stderr)
@@ -159,11 +154,6 @@ def _prepare(args, anonymizing: bool) -> Job:
     if anonymizing:
         salts = "one per album" if album else "one per image"
         more = {"kdf": {**passphrase_lib.kdf_record(), "salt": salts}, "fit": args.fit}
-    if args.edit:
-        try:
-            more["edit"] = editing.parse_edits(args.edit, model.key_attributes)
-        except ValueError as error:
-            raise UsageError(f"--edit: {error}") from None
     tool = manifest.ANONYMIZE if anonymizing else manifest.DEANONYMIZE
     head = manifest.header(tool, model, choices, **more)
     resumed = _resumable(args.output, head) if args.resume else None

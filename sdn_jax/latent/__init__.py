@@ -1,1 +1,0 @@
-"""Latent-space manipulation: attribute directions, edits by degrees, their analysis."""
