@@ -64,8 +64,9 @@ def test_bad_inputs_are_reported_and_the_rest_processed(trained_run, tmp_path, m
     os.symlink(tmp_path / "same.jpg", photos / "linked.jpg")
     real_scandir = os.scandir
 
-    def scandir(path):  # root reads any folder: a listing error is simulated
-        if os.fspath(path) == str(locked):
+    def scandir(path="."):  # root reads any folder: a listing error is simulated
+        # Background threads call it too (shutil.rmtree passes file descriptors).
+        if not isinstance(path, int) and os.fspath(path) == str(locked):
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)
 
