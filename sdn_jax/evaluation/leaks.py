@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from sdn_jax import keys
+from sdn_jax.batching import map_in_batches
 from sdn_jax.evaluation.copies import png_copies
 from sdn_jax.evaluation.security import outcome, transform
 from sdn_jax.evaluation.security_keys import right_keys
@@ -98,11 +99,8 @@ def key_predictor_bit_accuracy(key_predictor, params, model, originals, rng, bat
     """Q's share of password bits read right from (x, x_A), each face with its own key."""
     password, attributes = right_keys(rng, len(originals), model.model_settings)
     anonymized = _stored_anonymized(model, originals, password, attributes, batch_size)
-    logits = np.concatenate([
-        np.asarray(_bit_logits(key_predictor, params, originals[i : i + batch_size],
-                               anonymized[i : i + batch_size]))
-        for i in range(0, len(originals), batch_size)
-    ])  # fmt: skip
+    run = lambda x, x_a: _bit_logits(key_predictor, params, x, x_a)  # noqa: E731
+    logits = map_in_batches(run, [originals, anonymized], batch_size)  # one compiled shape
     return float(np.mean((logits > 0) == (password > 0)))
 
 
