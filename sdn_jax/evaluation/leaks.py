@@ -7,10 +7,8 @@ the original; the attacker's identity match rate at its 1%-false-accept threshol
   original, subtracts what they have in common: x_A - (mean of the folder's x_A - the
   mean real face). Under one key shared by the folder (the file commands' album mode)
   that mean holds the key's change; under a fresh salt per image (the default) every
-  face has its own key, and the mean holds only what G does to every face. Here each
-  face also draws its own attribute choices; a folder anonymized with one `--attributes`
-  shares what those draw, and gained more (+1.04 dB against +0.35 on the default run:
-  README).
+  face has its own password, and the mean holds only what G does to every face with
+  the folder's one attribute choice (one `--attributes` per `anonymize` call, as here).
 * `known_pairs_attack`: an attacker who also knows k (original, anonymized) pairs of the
   folder subtracts their mean change from the other faces.
 * `key_predictor_bit_accuracy`: training's key predictor Q reads password bits from
@@ -53,10 +51,12 @@ def _gain(attacked, anonymized, originals, galleries, attacker) -> dict:
 
 
 def _folders(model, originals, rng, batch_size) -> dict:
-    """The faces anonymized under one shared key and under a key of their own each."""
+    """The faces anonymized under one shared key, and under a password of their own each
+    with the folder's one attribute choice (the file commands' default)."""
     n = len(originals)
     password, attributes = right_keys(rng, n, model.model_settings)
-    shared = (np.repeat(password[:1], n, 0), np.repeat(attributes[:1], n, 0))
+    attributes = np.repeat(attributes[:1], n, 0)
+    shared = (np.repeat(password[:1], n, 0), attributes)
     return {
         "shared_key": _stored_anonymized(model, originals, *shared, batch_size),
         "per_image_salt": _stored_anonymized(model, originals, password, attributes, batch_size),

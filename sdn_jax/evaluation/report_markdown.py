@@ -307,9 +307,8 @@ def leaks_markdown(section: dict) -> str:
     lines = [
         "Attacks on a folder of anonymized faces: gains over the anonymized faces themselves "
         "(PSNR to the original; the attacker's identity match rate). One shared key is the "
-        "file commands' album mode; 'salt per image' gives each face its own password and "
-        "attribute choices (the file commands' default shares one attribute choice across a "
-        "folder, which leaves what those attributes draw in common: README).",
+        "file commands' album mode; 'salt per image' (their default) gives each face its own "
+        "password, with one attribute choice for the folder.",
         "",
         "| attack | one shared key: PSNR gain dB | match rate gain | "
         "salt per image: PSNR gain dB | match rate gain |",
