@@ -66,9 +66,12 @@ class Model:
     embedding_dim: int
     key_predictor_widths: tuple[int, ...]
     club_hidden: int
+    dtype: str  # "float32" or "bfloat16": what the networks compute in (models/precision.py)
 
     def check(self):
         bits = self.password_bits
+        _require(self.dtype in ("float32", "bfloat16"), "model.dtype", self.dtype,
+                 "'float32' or 'bfloat16'")  # fmt: skip
         _require(0 < bits <= 512 and bits % 8 == 0, "model.password_bits", bits,
                  "a multiple of 8 from 8 to 512")  # fmt: skip
         try:

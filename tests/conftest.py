@@ -57,6 +57,7 @@ _LAST = (
     "test_benchmark.py",
     "test_train.py",
     "test_multiprocess.py",
+    "test_precision.py",
 )
 
 
@@ -246,6 +247,12 @@ def corrupt_job(jobs, runner, long_run_job, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def bfloat16_job(jobs, runner, tmp_path_factory):
+    base = _base(tmp_path_factory, "bfloat16")
+    return jobs.submit(runs.flags_job, runner, base, "--config.model.dtype=bfloat16")
+
+
+@pytest.fixture(scope="session")
 def two_process_job(jobs, runner, tmp_path_factory):
     return jobs.submit(runs.two_process_job, runner, _base(tmp_path_factory, "two_processes"))
 
@@ -285,6 +292,7 @@ _JOBS = (
     "benchmark_job",
     "rerun_finished_job",
     "evaluate_mode_job",
+    "bfloat16_job",
     "resumed_one_device_job",
     "resumed_four_devices_job",
     "corrupt_job",  # waits for long_run_job: last, so that it never holds a thread idle long
