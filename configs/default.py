@@ -177,6 +177,8 @@ def get_config() -> ml_collections.ConfigDict:
     attacker.seed = 20250101  # its own, never config.seed
     attacker.far = 0.01  # verification threshold: this share of different-person pairs pass
     attacker.calibration_people = 100  # train people held out to fix the threshold
+    # At most this many train photos (whole people; None: all 24,000 here).
+    attacker.max_train_images = ml_collections.config_dict.placeholder(int)
     # Photos of each person in its gallery: 4 rather than 1 verified more originals and
     # linked no more anonymized faces.
     attacker.gallery_photos = 4

@@ -221,6 +221,9 @@ class Attacker:
     seed: int
     far: float
     calibration_people: int
+    # Trained on at most this many train photos (whole people, drawn by identity): bounded
+    # host and device memory at CelebA's size. None: the whole split.
+    max_train_images: int | None
     gallery_photos: int
     input_size: int
     widths: tuple[int, ...]
@@ -251,6 +254,9 @@ class Attacker:
             _require(getattr(self, name) >= 1, f"eval.attacker.{name}", getattr(self, name),
                      ">= 1")  # fmt: skip
         _require(self.learning_rate > 0, "eval.attacker.learning_rate", self.learning_rate, "> 0")
+        if self.max_train_images is not None:
+            _require(self.max_train_images >= 1, "eval.attacker.max_train_images",
+                     self.max_train_images, ">= 1 (or None: all)")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
