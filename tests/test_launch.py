@@ -11,8 +11,9 @@ JAX_VERSION = re.search(r"^jax==(\S+)$", (ROOT / "requirements.txt").read_text()
 
 
 def _dry_run(script: str, *args, env=None, code=0) -> list[str]:
-    result = subprocess.run(["bash", f"launch/{script}", *args], cwd=ROOT, capture_output=True,
-                            text=True, env={"PATH": "/usr/bin:/bin", "HOME": "/home/u", **(env or {})})  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/home/u", **(env or {})}
+    command = ["bash", f"launch/{script}", *args]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     assert result.returncode == code, result.stderr
     if code:
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
