@@ -54,7 +54,13 @@ def main(argv) -> int:
     except distributed.LaunchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    distributed.start(launch)
+    try:
+        distributed.start(launch)
+    except (RuntimeError, ValueError) as error:  # no coordinator, a platform without its details
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"error: cannot join the multi-process job ({launch.kind} start): {reason}",
+              file=sys.stderr)  # fmt: skip
+        return 1
     if jax.process_index() != 0:  # One progress log per job: process 0's.
         log.setLevel(logging.WARNING)
     try:
