@@ -136,10 +136,13 @@ def table(measured: dict) -> str:
         f"whatever the batch): {measured['params'] / gib:.3f} GiB.",
         "",
         f"Predicted at an assumed MFU of {ASSUMED_MFU:.0%} of the bf16 peak, all-reduce not "
-        f"overlapped; {EPOCHS} epochs of {EPOCH_IMAGES:,} images.",
+        f"overlapped; {EPOCHS} epochs of {EPOCH_IMAGES:,} images. Below ~8 images per chip a "
+        "step is latency-bound and the MFU assumption is optimistic; above ~2,500 images/s "
+        "per host the input pipeline must keep up (`python -m sdn_jax.benchmark "
+        "input_pipeline`; raise `data.worker_count`).",
         "",
         "| hardware | global batch | TFLOP/step | compute ms | all-reduce ms | step ms | "
-        "images/s | scaling efficiency | 30 epochs (h) | cost ($) |",
+        "images/s | scaling efficiency | 30 epochs (min) | cost ($) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for hardware in HARDWARE:
@@ -147,12 +150,12 @@ def table(measured: dict) -> str:
             p = predict(measured, hardware, batch)
             if p is None:
                 continue
-            cost = f"{p['dollars']:,.0f}" if hardware.dollars_per_chip_hour else "-"
+            cost = f"{p['dollars']:,.1f}" if hardware.dollars_per_chip_hour else "-"
             lines.append(
                 f"| {hardware.name} | {batch} | {p['flops'] / 1e12:.2f} | "
                 f"{p['compute_s'] * 1e3:.1f} | {p['allreduce_s'] * 1e3:.2f} | "
                 f"{p['step_s'] * 1e3:.1f} | {p['images_per_s']:,.0f} | {p['efficiency']:.0%} | "
-                f"{p['hours']:.1f} | {cost} |"
+                f"{p['hours'] * 60:.0f} | {cost} |"
             )
     lines += ["", "Sources of the hardware figures:", ""]
     lines += [f"- {h.name}: {h.source}" for h in HARDWARE]
