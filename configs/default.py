@@ -70,6 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
     model.embedding_dim = 64  # identity embedding f(x)
     model.key_predictor_widths = (16, 32, 64)
     model.club_hidden = 128
+    # What the networks compute in: "bfloat16" on TPUs/GPUs halves activation memory and
+    # doubles matmul throughput; parameters, optimiser states and losses stay float32.
+    model.dtype = "float32"
 
     config.loss = loss = ml_collections.ConfigDict()  # weights (METHOD.md section 4)
     # LSGAN on x_A, x_R, x_W. Small: at 1.0 G settles on the identity map (a real image
@@ -174,6 +177,8 @@ def get_config() -> ml_collections.ConfigDict:
     attacker.seed = 20250101  # its own, never config.seed
     attacker.far = 0.01  # verification threshold: this share of different-person pairs pass
     attacker.calibration_people = 100  # train people held out to fix the threshold
+    # At most this many train photos (whole people; None: all 24,000 here).
+    attacker.max_train_images = ml_collections.config_dict.placeholder(int)
     # Photos of each person in its gallery: 4 rather than 1 verified more originals and
     # linked no more anonymized faces.
     attacker.gallery_photos = 4

@@ -168,10 +168,25 @@ def anonymize(settings: Settings, options: Options) -> dict:
     }
 
 
-def _peak_flops_per_s(options: Options, size: int = 2048) -> float:
-    """Measured float32 matmul FLOP/s on the default device: the denominator of MFU when
+# Dense bf16 peaks from the datasheets, by jax's device_kind (sources: sdn_jax/scaling_model.py).
+# MFU is against this peak in both dtypes: float32 matmuls run at most at that rate (TF32
+# on H100 at half of it; one bf16 pass on TPUs at the default precision).
+DATASHEET_BF16_PEAK = {
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5": 459e12,
+    "TPU v5p": 459e12,
+    "TPU v4": 275e12,
+}
+
+
+def _peak_flops_per_s(options: Options, dtype: str = "float32", size: int = 2048) -> float:
+    """Measured matmul FLOP/s in `dtype` on the default device: the denominator of MFU when
     the device's datasheet peak is not known (a CPU's is not)."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(dtype))
     matmul = jax.jit(lambda x: x @ x)
     matmul(a).block_until_ready()
     count, seconds = _timed(lambda: matmul(a).block_until_ready(), options)
@@ -203,8 +218,11 @@ def train_step(settings: Settings, options: Options) -> dict:
 
     _log("train_step: timing")
     count, seconds = _timed(one_step, options)
-    _log("train_step: measuring the peak (float32 matmul)")
-    peak = _peak_flops_per_s(options)
+    dtype = settings.model.dtype
+    _log(f"train_step: measuring the peak ({dtype} matmul)")
+    measured_peak = _peak_flops_per_s(options, dtype, size=4096 if _is_accelerator() else 2048)
+    datasheet = DATASHEET_BF16_PEAK.get(jax.devices()[0].device_kind)
+    peak = datasheet or measured_peak
     achieved = flops_per_step * count / seconds
     return {
         "images_per_s": count * batch_size / seconds,
@@ -213,14 +231,20 @@ def train_step(settings: Settings, options: Options) -> dict:
         "flops_per_image": flops_per_step / batch_size,
         "achieved_flops_per_s": achieved,
         "peak_flops_per_s": peak,
-        "peak_source": "measured float32 2048x2048 matmul",
+        "peak_source": "datasheet bf16 dense" if datasheet else f"measured {dtype} matmul",
+        "measured_peak_flops_per_s": measured_peak,
         "mfu": achieved / peak,
+        "dtype": dtype,
         "compile_seconds": compile_seconds,
         "global_batch_size": batch_size,
         "image_size": size,
         "num_steps": count,
         "seconds": seconds,
     }
+
+
+def _is_accelerator() -> bool:
+    return jax.devices()[0].platform != "cpu"
 
 
 SECTIONS: dict[str, Callable[[Settings, Options], dict]] = {

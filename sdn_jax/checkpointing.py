@@ -8,7 +8,8 @@ A checkpoint step is a folder `<directory>/<step>/` of an Orbax `CheckpointManag
           Orbax's `JsonSave` would not do: only the primary process writes it, so the
           other processes' positions in their shares of the data would be lost.
 Both in one step is what lets a resumed run see the same data stream as an uninterrupted
-one. Every JAX process must call `save` and `restore_latest` (Orbax synchronises them),
+one, also in a job with another number of processes or devices (`_other_job_data_state`).
+Every JAX process must call `save` and `restore_latest` (Orbax synchronises them),
 all with the same shared `directory`.
 
 Orbax has no fallback of its own (a corrupt or empty newest step still counts as the
@@ -179,11 +180,17 @@ class Checkpointer:
     def _restore(self, step: int, abstract_state: Any) -> Restored:
         items = {STATE: ocp.args.StandardRestore(abstract_state)}
         data = _JsonState()
-        # A step saved without a data state has no data item, and asking for it would fail.
-        if (self.directory / str(step) / DATA).exists():
+        folder = self.directory / str(step) / DATA
+        # A step saved without a data state has no data item, and asking for it would fail;
+        # one saved by another number of processes has no file for this process (below).
+        own = folder / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if own.exists():
             items[DATA] = grain.checkpoint.CheckpointRestore(data)
         out = self._manager.restore(step, args=ocp.args.Composite(**items))
-        data_state = data.value if DATA in items else None
+        if DATA in items:
+            data_state = data.value
+        else:
+            data_state = _other_job_data_state(folder)
         return Restored(step=step, state=out[STATE], data_state=data_state)
 
     def _set_aside(self, steps: list[int]) -> None:
@@ -218,6 +225,19 @@ class Checkpointer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _other_job_data_state(folder: epath.Path) -> dict | None:
+    """The data position saved by a job with another number of processes, or None.
+
+    sdn_jax.data.pipeline's training iterators count global batches, the same number in
+    every process of a job, so process 0's saved position is every process's position in a
+    job of any size (the checkpoint's arrays are resharded by Orbax as they are read)."""
+    saved = sorted(folder.glob("process_0-of-*.json")) if folder.exists() else []
+    if not saved:
+        return None
+    _log.info("Data position from %s (a job with another number of processes)", saved[0].name)
+    return json.loads(saved[0].read_text())
 
 
 def _first_line(error: BaseException) -> str:

@@ -1,6 +1,7 @@
 """Trains and evaluates SDN: `python -m sdn_jax.main --config configs/default.py --workdir DIR`.
 
-Flags, multi-host start-up and version logging; the work is in sdn_jax.train.
+Flags, multi-host start-up (sdn_jax.distributed: explicit flags, Slurm, TPU VM slices)
+and version logging; the work is in sdn_jax.train.
 Exit status 0 on success; otherwise one line on stderr says why: 2 when nothing was done
 (a bad config value, a config that changes the run's model or key settings, a workdir
 another process is writing or that cannot be written), 130 when stopped by a signal (a
@@ -14,7 +15,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from sdn_jax import checkpointing, run_identity, settings, train, workdir_lock
+from sdn_jax import checkpointing, distributed, run_identity, settings, train, workdir_lock
 
 log = logging.getLogger("sdn_jax")
 
@@ -28,6 +29,13 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "off"],
+    "auto: join a multi-process job when the flags above, JAX_COORDINATOR_ADDRESS, an srun "
+    "step of several tasks or a Cloud TPU VM say so; off: always one process.",
+)
 
 
 # Nothing was done: the config or the workdir cannot be used as given.
@@ -39,19 +47,22 @@ def main(argv) -> int:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
-    if _COORDINATOR.value:
-        jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value,
-            process_id=_PROCESS_ID.value,
+    try:
+        launch = distributed.plan(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, mode=_DISTRIBUTED.value
         )
-    log.info(
-        "JAX %s, process %d/%d, devices: %s",
-        jax.__version__,
-        jax.process_index(),
-        jax.process_count(),
-        jax.devices(),
-    )
+    except distributed.LaunchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        distributed.start(launch)
+    except (RuntimeError, ValueError) as error:  # no coordinator, a platform without its details
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"error: cannot join the multi-process job ({launch.kind} start): {reason}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    if jax.process_index() != 0:  # One progress log per job: process 0's.
+        log.setLevel(logging.WARNING)
     try:
         if _MODE.value == "train":
             train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -72,8 +83,7 @@ def main(argv) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
-        if _COORDINATOR.value:
-            jax.distributed.shutdown()
+        distributed.stop(launch)
     return 0
 
 

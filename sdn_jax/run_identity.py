@@ -1,15 +1,15 @@
 """A run's identity: the settings its checkpoints and keys depend on, fixed once it has one.
 
 A run's weights only make sense with the settings that shaped them and gave its keys their
-meaning: every `model.*` field (shapes, password bits, the key attributes and their order),
-the data set (`data.name`, `data.image_size` and, for synth_faces, the options that make
-the world: its seed and sizes; the saved data position points into it) and whether the
-state keeps moving averages of E and G (`train.ema_decay` on or off). Re-running `main` on
-a workdir that has checkpoints compares these with its config.json before anything is
-written; a difference is a RunIdentityError naming the fields, and config.json stays as it
-was. Before the first checkpoint there are no weights to protect and a new config simply
-replaces config.json. Everything else may change on resume (README, "What may change on
-resume") and is logged as it takes effect.
+meaning: every `model.*` field but the compute dtype (shapes, password bits, the key
+attributes and their order), the data set (`data.name`, `data.image_size` and, for
+synth_faces, the options that make the world: its seed and sizes; the saved data position
+points into it) and whether the state keeps moving averages of E and G (`train.ema_decay`
+on or off). Re-running `main` on a workdir that has checkpoints compares these with its
+config.json before anything is written; a difference is a RunIdentityError naming the
+fields, and config.json stays as it was. Before the first checkpoint there are no weights
+to protect and a new config simply replaces config.json. Everything else may change on
+resume (README, "What may change on resume") and is logged as it takes effect.
 """
 
 import dataclasses
@@ -47,7 +47,8 @@ def _flat(section, prefix: str) -> dict:
 
 def fixed_fields(settings: settings_lib.Settings) -> list[str]:
     """The fields of `settings` that a run's checkpoints and keys depend on."""
-    fields = [f"model.{f.name}" for f in dataclasses.fields(settings.model)]
+    # The compute dtype is not part of a run: parameters are float32 whatever it is.
+    fields = [f"model.{f.name}" for f in dataclasses.fields(settings.model) if f.name != "dtype"]
     fields += ["data.name", "data.image_size"]
     if settings.data.name == "synth_faces":
         fields += [f"data.{name}" for name in SYNTH_FACES_OPTIONS]

@@ -66,9 +66,12 @@ class Model:
     embedding_dim: int
     key_predictor_widths: tuple[int, ...]
     club_hidden: int
+    dtype: str  # "float32" or "bfloat16": what the networks compute in (models/precision.py)
 
     def check(self):
         bits = self.password_bits
+        _require(self.dtype in ("float32", "bfloat16"), "model.dtype", self.dtype,
+                 "'float32' or 'bfloat16'")  # fmt: skip
         _require(0 < bits <= 512 and bits % 8 == 0, "model.password_bits", bits,
                  "a multiple of 8 from 8 to 512")  # fmt: skip
         try:
@@ -218,6 +221,9 @@ class Attacker:
     seed: int
     far: float
     calibration_people: int
+    # Trained on at most this many train photos (whole people, drawn by identity): bounded
+    # host and device memory at CelebA's size. None: the whole split.
+    max_train_images: int | None
     gallery_photos: int
     input_size: int
     widths: tuple[int, ...]
@@ -248,6 +254,9 @@ class Attacker:
             _require(getattr(self, name) >= 1, f"eval.attacker.{name}", getattr(self, name),
                      ">= 1")  # fmt: skip
         _require(self.learning_rate > 0, "eval.attacker.learning_rate", self.learning_rate, "> 0")
+        if self.max_train_images is not None:
+            _require(self.max_train_images >= 1, "eval.attacker.max_train_images",
+                     self.max_train_images, ">= 1 (or None: all)")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,11 @@ BATCH_AXES = ("data", "fsdp")
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:
-    """A (data, fsdp) mesh from `settings.mesh` over `devices` (default: all)."""
+    """A (data, fsdp) mesh from `settings.mesh` over `devices` (default: all).
+
+    `data` splits the batch only and keeps a full copy of the parameters and optimiser
+    states per device; `fsdp` splits the batch and those too (gathered per layer as the
+    step needs them). Use fsdp when a replica does not fit a device's memory."""
     devices = jax.devices() if devices is None else devices
     count, fsdp = len(devices), mesh_config.fsdp
     # fsdp < 1 must reach the ValueError below, not divide by zero here.
@@ -23,7 +27,11 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
             f"mesh.data ({mesh_config.data}) x mesh.fsdp ({fsdp}) must use all {count} "
             "devices (mesh.data = -1 takes what fsdp leaves)"
         )
-    return Mesh(np.asarray(devices).reshape(data, fsdp), BATCH_AXES)
+    # jax.make_mesh orders the devices by the physical topology (TPU torus rings, hosts) so
+    # that neighbours on an axis are neighbours on the interconnect. Auto axes: the jitted
+    # functions place arrays with in/out shardings, not with sharding in types.
+    auto = (jax.sharding.AxisType.Auto,) * len(BATCH_AXES)
+    return jax.make_mesh((data, fsdp), BATCH_AXES, auto, devices=list(devices))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import tempfile
 
 import jax
@@ -28,6 +27,7 @@ from sdn_jax.evaluation import heldout
 from sdn_jax.evaluation import outputs as outputs_lib
 from sdn_jax.images import from_uint8
 from sdn_jax.metric_writers import MetricWriter
+from sdn_jax.preemption import StopRequests
 from sdn_jax.progress import Progress
 from sdn_jax.samples import write_samples
 from sdn_jax.settings import Settings
@@ -87,26 +87,6 @@ def claimed(config, settings: Settings, workdir: str, *, evaluating: bool = Fals
         if refusal is not None:
             raise refusal
         yield
-
-
-class _StopSignal:
-    """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
-
-    def __init__(self):
-        self.received = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 @dataclasses.dataclass
@@ -181,7 +161,7 @@ def train(run: Run):
     progress = Progress(t.num_steps, t.global_batch_size)
     progress.program_starts(start)
     log.info("Training steps %d -> %d", start, t.num_steps)
-    with _StopSignal() as stop:
+    with StopRequests() as stop:
         for step in range(start + 1, t.num_steps + 1):
             batch = setup.global_batch(next(iterator))
             in_warmup = step <= t.classifier_warmup_steps
@@ -195,7 +175,8 @@ def train(run: Run):
                 progress.compiled(step, first_ever=step == start + 1)
             is_last = step == t.num_steps
             # Read once: a signal landing between the checks below must not skip the save.
-            stopping = stop.received
+            # Every process asks at every step (in a job, all of them stop at one step).
+            stopping = stop.check(step)
             if step % t.log_every_steps == 0 or is_last or stopping:
                 scalars = jax.device_get(metrics)
                 finite.losses(step, scalars)

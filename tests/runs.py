@@ -9,6 +9,7 @@ They never assert: a failure to run shows in what they return, and the test says
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -340,3 +341,52 @@ def identity_probe_job(base: Path) -> tuple[Result, Path]:
     out = base / "probe.json"
     command = [sys.executable, "-m", "tools.identity_probe", *PROBE_ARGS, "--out", str(out)]
     return run_command(command, env=subprocess_env(fast_compile=False)), out
+
+
+# --------------------------------------------------------------- several processes
+
+MULTI = ("--config.train.log_every_steps=1",)  # every step's losses; the tiny run's programs
+RESUME_STEP = 3  # the tiny config checkpoints at steps 3 and 6
+_PORT_TAKEN = re.compile(r"failed to add port|address already in use", re.IGNORECASE)
+
+
+def _devices_env(runner: Runner, count: int) -> dict:
+    flags = runner.env["XLA_FLAGS"]
+    return {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={count}"}
+
+
+def two_process_job(runner: Runner, base: Path, attempts: int = 2) -> tuple[Path, Result]:
+    """The tiny run as 2 processes x 2 CPU devices through launch/local_multiprocess.sh
+    (a free loopback port each attempt; another program may take it first: try again)."""
+    workdir = base / "run"
+    for _ in range(attempts):
+        shutil.rmtree(workdir, ignore_errors=True)
+        command = ["bash", "launch/local_multiprocess.sh", "2",
+                   *runner.command(workdir, *MULTI)[3:]]  # fmt: skip
+        env = {**runner.env, "DEVICES_PER_PROCESS": "2", "PYTHON": sys.executable}
+        result = run_command(command, env=env)
+        if result.returncode == 0 or not _PORT_TAKEN.search(result.stderr):
+            break
+    return workdir, result
+
+
+def four_device_job(runner: Runner, base: Path) -> tuple[Path, Result]:
+    """The same run in 1 process x 4 CPU devices: the reference of two_process_job."""
+    workdir = base / "run"
+    return workdir, runner.run(base / "log", workdir, *MULTI, env=_devices_env(runner, 4))
+
+
+def resumed_elsewhere_job(runner: Runner, base: Path, two_process, devices: int, after=None):
+    """A copy of two_process_job's run as it was after step RESUME_STEP's checkpoint, run
+    again in 1 process with `devices` devices; `after` (a job's future) first, so that its
+    programs are in the cache."""
+    if after is not None:
+        after.result()
+    source, _ = two_process.result()
+    workdir = base / "run"
+    shutil.copytree(source, workdir)
+    for step in committed_steps(workdir):
+        if step > RESUME_STEP:
+            shutil.rmtree(workdir / "checkpoints" / str(step))
+    env = _devices_env(runner, devices) if devices > 1 else None
+    return workdir, runner.run(base / "log", workdir, *MULTI, env=env)

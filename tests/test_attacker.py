@@ -280,3 +280,25 @@ def test_unknown_attacker_fields_are_refused():
         config.eval.attacker.no_such_field = 1
     with pytest.raises(settings_lib.SettingsError, match=r"eval.attacker.no_such_field"):
         settings_lib.from_config(config)
+
+
+def test_people_with_too_few_photos_for_a_batch_are_skipped_and_counted():
+    identities = np.array([5, 5, 5, 5, 7, 7, 9, 9, 9, 9, 9, 3, 3])  # 3 and 7: 2 photos each
+    order, starts, counts, skipped = attacker_training._photo_index(identities, 4)
+    assert counts.tolist() == [4, 5] and skipped == 2
+    assert sorted(identities[order][starts].tolist()) == [5, 9]
+    with pytest.raises(ValueError, match="at least 2 people with 5 or more photos"):
+        attacker_training._photo_index(identities, 5)
+
+
+def test_a_capped_attacker_set_is_whole_people_the_same_every_time(tiny_data_dir):
+    run = evaluation_settings(tiny_data_dir)
+    everything = attacker_lib.load_train_images(run, "unused", 16)
+    capped = attacker_lib.load_train_images(run, "unused", 16, max_images=30)
+    assert len(everything["images"]) == 72 and everything["images"].shape[1:] == (16, 16, 3)
+    assert 0 < len(capped["images"]) <= 30
+    kept, counts = np.unique(capped["identities"], return_counts=True)
+    whole = dict(zip(*np.unique(everything["identities"], return_counts=True), strict=True))
+    assert all(whole[person] == count for person, count in zip(kept, counts, strict=True))
+    again = attacker_lib.load_train_images(run, "unused", 16, max_images=30)
+    np.testing.assert_array_equal(again["identities"], capped["identities"])

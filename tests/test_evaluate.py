@@ -314,3 +314,14 @@ def test_evaluate_run_with_the_security_study(evaluated_run, tiny_data_dir, tmp_
     assert markdown == report_markdown.report_markdown(saved) + "\n"
     assert "## Security" in markdown and "Attacks on a folder of anonymized faces" in markdown
     assert (run / "eval" / "security.png").stat().st_size > 1000
+
+
+def test_report_markdown_names_the_dataset_and_what_the_attacker_learned_from():
+    report = _fake_report()
+    assert "an unrecorded dataset" in report_markdown.report_markdown(report)  # older reports
+    report["dataset"] = {"name": "celeba", "image_size": 128}
+    report["attacker"].update(train_images=40000, train_people=2500, train_people_skipped=300)
+    text = report_markdown.report_markdown(report)
+    assert "Dataset: CelebA at 128 px." in text and "Ours are CelebA at 128 px" in text
+    assert "synthetic" not in text
+    assert "40000 train photos of 2500 people (300 of them skipped" in text

@@ -108,15 +108,27 @@ def test_processes_share_each_epoch_disjointly():
         first, second = shares[0][epoch], shares[1][epoch]
         assert not set(first) & set(second)
         assert sorted(first + second) == list(range(NUM_RECORDS))
-    # Together, the processes' batches are the one-process global batches.
+    # Process 0's rows, then process 1's, are the one-process global batch, in its order.
     single = _take(_train(global_batch_size=4), 3)
     pair = [_take(_train(process_index=i, process_count=2), 3) for i in range(2)]
     for step in range(3):
-        rows = {
-            key: np.stack([pair[0][step][key], pair[1][step][key]], 1).reshape(single[0][key].shape)
-            for key in single[0]
-        }
+        rows = {key: np.concatenate([pair[0][step][key], pair[1][step][key]]) for key in single[0]}
         _assert_same_batches([single[step]], [rows])
+
+
+def test_a_position_carries_over_to_another_number_of_processes():
+    """A checkpoint of a 2-process job resumes in 1 process (and back): the state counts
+    global batches, the same number in every process."""
+    pair = [_train(process_index=i, process_count=2) for i in range(2)]
+    for iterator in pair:
+        _take(iterator, 5)
+    single = _train()
+    single.set_state(pair[1].get_state())
+    expected = _take(_train(), 8)[5:]
+    _assert_same_batches(_take(single, 3), expected)
+    second = _train(process_index=1, process_count=2)
+    second.set_state(single.get_state())
+    _assert_same_batches(_take(second, 1), [{k: v[2:] for k, v in _take(_train(), 9)[8].items()}])
 
 
 def test_restored_iterator_continues_exactly():
@@ -313,8 +325,8 @@ def test_person_grouped_batches_split_over_processes_and_resume():
         for p in range(2)
     ]
     for step, batch in enumerate(single):
-        interleaved = np.stack([_record_index(halves[p][step]) for p in range(2)], 1).reshape(-1)
-        assert interleaved.tolist() == _record_index(batch)
+        rows = np.concatenate([_record_index(halves[p][step]) for p in range(2)])
+        assert rows.tolist() == _record_index(batch)
     iterator = pipeline.train_iterator(source, seed=0, process_index=0, process_count=1, **kwargs)
     _take(iterator, 2)
     state = iterator.get_state()

@@ -1,10 +1,13 @@
 """grain input pipelines: records of a data source -> per-process numpy batches.
 
-Both pipelines read one *global* stream of records and give process `p` of `P` the
-positions `p, p + P, p + 2P, ...` of it (grain's `ds[p::P]`). So the global batch at
-step t (process 0's rows, then process 1's, ...) holds the same records whatever the
-number of processes, each process gets a disjoint share of every epoch, and all of
-them step in lockstep. Everything random (the epoch order, the flips) is a pure
+Both pipelines read one *global* stream of records. The training stream is cut into
+chunks of the per-process batch size b = B / P, and process `p` of `P` takes chunks
+`p, p + P, p + 2P, ...` (grain's `ds.batch(b)[p::P]`): global batch t is stream positions
+t*B .. t*B + B - 1 in order (process 0's rows, then process 1's, ...), the same rows in
+the same order whatever the number of processes. So 2 processes train exactly as 1 does,
+and an iterator position (a count of batches, the same in every process) can be handed
+to a job with another number of processes. Each process gets a disjoint share of every
+epoch, and all of them step in lockstep. Everything random (the epoch order, the flips) is a pure
 function of the seed and the position in that stream, which is what makes a grain
 iterator's state (`get_state()`, a few bytes) enough to resume exactly.
 
@@ -116,9 +119,9 @@ def _check_not_empty(source: Sequence) -> int:
     return num_records
 
 
-def _finish(ds: grain.MapDataset, batch_size: int, worker_count: int) -> grain.IterDataset:
-    """Batches, scales and hands the work to threads (and, if asked, worker processes)."""
-    ds = ds.batch(batch_size, drop_remainder=True).map(_ScaleImages())
+def _finish(batches: grain.MapDataset, worker_count: int) -> grain.IterDataset:
+    """Scales the batches and hands the work to threads (and, if asked, worker processes)."""
+    ds = batches.map(_ScaleImages())
     iter_ds = ds.to_iter_dataset(_READ_OPTIONS)
     if worker_count > 0:
         options = grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=2)
@@ -181,8 +184,9 @@ def train_iterator(
     ds = ds.map(_SelectFeatures())
     if random_flip:
         ds = ds.random_map(_RandomHorizontalFlip())
-    ds = ds[process_index::process_count]
-    return iter(_finish(ds, batch_size, worker_count))
+    # Contiguous shares (module doc); with one process this is the plain batched stream.
+    ds = ds.batch(batch_size, drop_remainder=True)[process_index::process_count]
+    return iter(_finish(ds, worker_count))
 
 
 class PersonGroupedStream(Sequence):
@@ -309,7 +313,8 @@ def eval_iterator(
     if num_padding:
         padding = grain.MapDataset.range(num_padding).map(_Padding(records[0]))
         ds = grain.MapDataset.concatenate([ds, padding])
-    return _finish(ds[process_index::process_count], batch_size, worker_count=0)
+    ds = ds[process_index::process_count].batch(batch_size, drop_remainder=True)
+    return _finish(ds, worker_count=0)
 
 
 def from_settings(

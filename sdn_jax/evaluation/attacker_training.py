@@ -77,14 +77,19 @@ def prototype_cosface_loss(embeddings: jax.Array, people: int, margin: float, sc
     return loss, accuracy
 
 
-def _photo_index(identities: np.ndarray):
-    """Per person: where its photos start in a person-sorted order, and how many."""
+def _photo_index(identities: np.ndarray, photos_per_person: int = 2):
+    """Per person with at least `photos_per_person` photos (a batch draws that many of one
+    person; 2 at least: a prototype needs a second photo): where its photos start in a
+    person-sorted order, and how many; and how many people had too few (skipped)."""
     order = np.argsort(identities, kind="stable")
     people, starts, counts = np.unique(identities[order], return_index=True, return_counts=True)
-    eligible = counts >= 2  # a prototype needs a second photo of the person
+    eligible = counts >= max(2, photos_per_person)
     if eligible.sum() < 2:
-        raise ValueError("Attacker training needs at least 2 people with 2 or more photos each")
-    return order, starts[eligible], counts[eligible]
+        raise ValueError(
+            f"Attacker training needs at least 2 people with {max(2, photos_per_person)} or "
+            "more photos each (eval.attacker.photos_per_person)"
+        )
+    return order, starts[eligible], counts[eligible], int((~eligible).sum())
 
 
 def _optimizer(settings, steps: int) -> optax.GradientTransformation:
@@ -124,13 +129,12 @@ def _run(name: str, step_fn, params, opt_state, key, steps: int, log_every: int)
 def train_identity(images: np.ndarray, identities: np.ndarray, settings, key: jax.Array):
     """Identity network params from uint8 images (N, H, W, 3) and person labels (N,)."""
     model = identity_network(settings)
-    order, starts, counts = _photo_index(np.asarray(identities))
-    people, photos = min(settings.people_per_batch, len(starts)), settings.photos_per_person
-    if photos > counts.min():
-        raise ValueError(
-            f"photos_per_person ({photos}) exceeds the fewest photos of a training person "
-            f"({counts.min()})"
-        )
+    photos = settings.photos_per_person
+    order, starts, counts, skipped = _photo_index(np.asarray(identities), photos)
+    if skipped:  # CelebA has people with 2 or 3 photos
+        log.info("Attacker identity training skips %d people with fewer than %d photos",
+                 skipped, photos)  # fmt: skip
+    people = min(settings.people_per_batch, len(starts))
     most_photos = int(counts.max())
     order, starts, counts = jnp.asarray(order), jnp.asarray(starts), jnp.asarray(counts)
     data = jnp.asarray(images)

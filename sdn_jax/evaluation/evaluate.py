@@ -281,6 +281,7 @@ def evaluate_run(settings: Settings, workdir: str, *, step: int | None = None) -
              len(np.unique(test["identities"])))  # fmt: skip
     section, test_galleries, test_outputs = evaluate_split(model, attacker, test, settings)
     report = {"step": int(model.step), "split": split, "num_images": section.pop("num_images")}
+    report["dataset"] = {"name": data.name, "image_size": int(data.image_size)}
     report["num_people"] = section.pop("num_people")
     report.update(section)
     report["attacker"] = {

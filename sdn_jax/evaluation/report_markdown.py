@@ -106,18 +106,39 @@ def _far_line(original: dict) -> str:
     )
 
 
+def _dataset(report: dict) -> str:
+    """What the evaluation ran on, in words (older reports did not record it)."""
+    data = report.get("dataset")
+    if not data:
+        return "an unrecorded dataset"
+    name = {"synth_faces": "synthetic faces", "celeba": "CelebA"}.get(data["name"], data["name"])
+    return f"{name} at {data['image_size']} px"
+
+
+def _attacker_data(report: dict) -> str:
+    """What the attacker learned from, where the report records it."""
+    info = report["attacker"]
+    if "train_images" not in info:
+        return ""
+    return (
+        f" The attacker learned from {info['train_images']} train photos of "
+        f"{info['train_people']} people ({info['train_people_skipped']} of them skipped: too "
+        "few photos for its batches)."
+    )
+
+
 def report_markdown(report: dict) -> str:
     """report.json as tables a person reads, with the paper's figures beside ours."""
     lines = [
         f"# Evaluation at step {report['step']}",
         "",
-        f"{report['num_images']} faces of {report['num_people']} people of the "
-        f"`{report['split']}` split (never seen in training), each with its own random key. "
-        "Identity: the independent attacker verifies each output against its gallery of the "
-        f"person (the mean embedding of {_photos(report)} other photos of them) at its "
-        f"1%-false-accept threshold ({report['attacker']['threshold']:.3f}). "
+        f"Dataset: {_dataset(report)}. {report['num_images']} faces of {report['num_people']} "
+        f"people of the `{report['split']}` split (never seen in training), each with its own "
+        "random key. Identity: the independent attacker verifies each output against its "
+        f"gallery of the person (the mean embedding of {_photos(report)} other photos of them) "
+        f"at its 1%-false-accept threshold ({report['attacker']['threshold']:.3f}). "
         f"{_far_line(report['original'])} One photo: the same attacker holding a single "
-        "other photo (its own 1% threshold), averaged over which.",
+        f"other photo (its own 1% threshold), averaged over which.{_attacker_data(report)}",
         "",
         "| output | goal | identity match rate | one photo | faces failing | "
         "PSNR dB (worst decile) | SSIM | paper (CelebA 128px) |",
@@ -163,9 +184,9 @@ def report_markdown(report: dict) -> str:
         f"faces; wrong attributes: {wrong_attributes:.3f}",
         "",
         "Comparability: the paper measured CelebA at 128px with pretrained FaceNet / VGGFace, "
-        "LPIPS and InceptionV3 FID. Ours are synthetic faces at the run's resolution and an "
-        "attacker trained here; PSNR and SSIM are the same definitions (scikit-image's), so "
-        "only they compare in kind, and even they not in value (other data).",
+        f"LPIPS and InceptionV3 FID. Ours are {_dataset(report)} and an attacker trained "
+        "here; PSNR and SSIM are the same definitions (scikit-image's), so only they compare "
+        "in kind, and even they not in value unless the data is CelebA at 128 px.",
     ]
     lines += ["", "## Targets (issue 4)", "", targets_markdown(report)]
     if "realism" in report:

@@ -20,6 +20,7 @@ from sdn_jax.models.classifier import Classifier
 from sdn_jax.models.decoder import Decoder
 from sdn_jax.models.discriminator import Discriminator
 from sdn_jax.models.encoder import Encoder
+from sdn_jax.models.precision import MixedPrecision, with_compute_dtype
 from sdn_jax.settings import Model
 
 NETWORKS = ("encoder", "decoder", "key_predictor", "discriminator", "classifier", "club")
@@ -40,8 +41,8 @@ def condition_size(model: Model) -> int:
 
 
 def build_networks(model: Model) -> dict:
-    """The six networks, keyed as in the params dict."""
-    return {
+    """The six networks, keyed as in the params dict, computing in `model.dtype`."""
+    networks = {
         "encoder": Encoder(model.widths, model.encoder_res_blocks, model.latent_dim),
         "decoder": Decoder(
             model.widths,
@@ -63,6 +64,7 @@ def build_networks(model: Model) -> dict:
         ),
         "club": ClubNetwork(model.club_hidden),
     }
+    return with_compute_dtype(networks, model.dtype)
 
 
 def init_params(rng: jax.Array, networks: dict, model: Model, image_size: int) -> dict:
@@ -81,7 +83,7 @@ def init_params(rng: jax.Array, networks: dict, model: Model, image_size: int) -
     return params
 
 
-def apply(network: nn.Module, params, *args, **kwargs):
+def apply(network: nn.Module | MixedPrecision, params, *args, **kwargs):
     return network.apply({"params": params}, *args, **kwargs)
 
 
