@@ -247,19 +247,8 @@ def corrupt_job(jobs, runner, long_run_job, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def bfloat16_job(jobs, runner, tmp_path_factory):
-    base = _base(tmp_path_factory, "bfloat16")
-    return jobs.submit(runs.flags_job, runner, base, "--config.model.dtype=bfloat16")
-
-
-@pytest.fixture(scope="session")
 def two_process_job(jobs, runner, tmp_path_factory):
     return jobs.submit(runs.two_process_job, runner, _base(tmp_path_factory, "two_processes"))
-
-
-@pytest.fixture(scope="session")
-def four_device_job(jobs, runner, tmp_path_factory):
-    return jobs.submit(runs.four_device_job, runner, _base(tmp_path_factory, "four_devices"))
 
 
 @pytest.fixture(scope="session")
@@ -269,18 +258,10 @@ def resumed_one_device_job(jobs, runner, two_process_job, tiny_run_job, tmp_path
     return jobs.submit(job, runner, base, two_process_job, 1, tiny_run_job)
 
 
-@pytest.fixture(scope="session")
-def resumed_four_devices_job(jobs, runner, two_process_job, four_device_job, tmp_path_factory):
-    base = _base(tmp_path_factory, "resumed_four_devices")
-    job = runs.resumed_elsewhere_job
-    return jobs.submit(job, runner, base, two_process_job, 4, four_device_job)
-
-
 # In the order they start: the tiny run first (most tests read it), then the longest.
 _JOBS = (
     "tiny_run_job",
     "two_process_job",
-    "four_device_job",
     "sharded_job",
     "identity_probe_job",
     "long_run_job",
@@ -292,9 +273,7 @@ _JOBS = (
     "benchmark_job",
     "rerun_finished_job",
     "evaluate_mode_job",
-    "bfloat16_job",
     "resumed_one_device_job",
-    "resumed_four_devices_job",
     "corrupt_job",  # waits for long_run_job: last, so that it never holds a thread idle long
 )
 

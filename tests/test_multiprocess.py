@@ -1,11 +1,12 @@
 """Multi-process training through launch/local_multiprocess.sh (issue 19).
 
-2 processes x 2 CPU devices train as 1 process x 4 devices does (the same global batches,
-the same losses up to float reassociation), only process 0 writes metrics and progress,
-and the 2-process checkpoint restores in 1 process (1 device, and 4 devices), where
+2 processes x 2 CPU devices train as the session's tiny run (1 process, 1 device) does:
+the same global batches, the same losses up to float reassociation over devices (one
+process on 4 devices against 1 device is test_steps.py's sharded test), only process 0
+writes metrics and progress, and the 2-process checkpoint restores in 1 process, where
 training continues as the 2-process job did. The runs are tests/runs.py's background jobs
-on the tiny config; the resumed runs load the programs of the session's tiny run and of
-the 4-device run from the compilation cache.
+on the tiny config; the resumed run loads the tiny run's programs from the compilation
+cache. (A fresh 1 x 4 reference run cost ~60 CPU s of compiles: CI's budget.)
 """
 
 import math
@@ -15,6 +16,9 @@ import runs
 from runs import RESUME_STEP, train_lines
 
 TOLERANCE = 1e-4  # relative, per loss; reassociation over devices is ~1e-6 here
+# Absolute, for losses near 0 (the CLUB bound, ~-0.02: 4 devices against 1 moved it by
+# 3e-6 at step 6, 1.4e-4 of its value).
+ABSOLUTE = 1e-5
 
 
 def _ok(job):
@@ -29,20 +33,20 @@ def _assert_close(actual: dict, expected: dict, steps) -> None:
         assert losses, f"no losses logged at step {step}"
         for key, value in losses.items():
             got = actual[step][key]
-            assert math.isclose(got, value, rel_tol=TOLERANCE, abs_tol=1e-6), (
+            assert math.isclose(got, value, rel_tol=TOLERANCE, abs_tol=ABSOLUTE), (
                 f"step {step} {key}: {got} vs {value}"
             )
 
 
 @pytest.mark.slow
-def test_two_processes_train_as_one_process_with_four_devices(two_process_job, four_device_job):
+def test_two_processes_train_as_one_process(two_process_job, trained_run):
     two, result = _ok(two_process_job)
-    four, _ = _ok(four_device_job)
-    steps = range(1, 7)
-    assert sorted(train_lines(two)) == list(steps)
-    _assert_close(train_lines(two), train_lines(four), steps)
+    one = train_lines(trained_run)  # logged every 2 steps; the 2-process run every step
+    assert sorted(train_lines(two)) == list(range(1, 7))
+    _assert_close(train_lines(two), one, sorted(one))
     # Process 0 alone writes metrics and reports progress; both say who they are.
-    assert len(runs.metrics(two)) == len(runs.metrics(four))
+    rows = [(m["step"], m["split"]) for m in runs.metrics(two)]
+    assert len(rows) == len(set(rows)), "a step was logged twice: two writers"
     output = result.stderr
     assert "process 0 of 2" in output and "process 1 of 2" in output
     assert output.count("step 6/6") == 1
@@ -52,10 +56,9 @@ def test_two_processes_train_as_one_process_with_four_devices(two_process_job, f
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("job", ["resumed_one_device_job", "resumed_four_devices_job"])
-def test_a_two_process_checkpoint_resumes_in_one_process(job, request, two_process_job):
+def test_a_two_process_checkpoint_resumes_in_one_process(resumed_one_device_job, two_process_job):
     two, _ = _ok(two_process_job)
-    resumed, result = _ok(request.getfixturevalue(job))
+    resumed, result = _ok(resumed_one_device_job)
     assert f"Resuming from the checkpoint of step {RESUME_STEP}" in result.stderr
     assert "another number of processes" in result.stderr  # the data position carried over
     _assert_close(train_lines(resumed), train_lines(two), range(RESUME_STEP + 1, 7))
