@@ -26,7 +26,10 @@ if str(ROOT) not in sys.path:  # `configs` is imported as a package from the rep
 
 # Before JAX is imported anywhere.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+_FAST_XLA = (
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    " --xla_cpu_use_fusion_emitters=false"
+)
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_XLA}".strip()
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:

@@ -23,7 +23,10 @@ NUM_IDENTITIES = 12  # people in the tiny config's train split
 # ~45 s -> ~20 s) and change nothing these tests check (SPMD partitioning comes before).
 fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 # The same for subprocesses, through XLA_FLAGS.
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+FAST_XLA = (
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    " --xla_cpu_use_fusion_emitters=false"
+)
 
 
 def tiny_config(**changes):
