@@ -36,7 +36,7 @@ fi
 
 pids=()
 for command in "${commands[@]}"; do
-  eval "$command" &
+  eval "exec $command" &  # exec: the pid is the process itself, which signals must reach
   pids+=($!)
 done
 forward() { kill -TERM "${pids[@]}" 2>/dev/null || true; }
@@ -45,7 +45,7 @@ status=0
 for ((left = ${#pids[@]}; left > 0; left--)); do
   finished=0 ended=""
   wait -n -p ended || finished=$?  # the next of our processes to end
-  if [[ -z "$ended" ]]; then left=$((left + 1)); continue; fi  # a signal, forwarded
+  if [[ -z "${ended:-}" ]]; then left=$((left + 1)); continue; fi  # a signal, forwarded
   if ((finished != 0 && status == 0)); then
     status=$finished
     # 130: stopped at an agreed step (the others stop there too); anything else: a failure.

@@ -3,7 +3,9 @@ JAX needed), and a usage mistake is one line and exit 2."""
 
 import re
 import shlex
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,3 +77,38 @@ def test_slurm_prints_the_setup_the_submission_and_each_task():
                                  "--config.data.data_dir=/shared/tfds",
                                  "--config.train.num_steps=10"]  # fmt: skip
     assert "TFDS_DATA_DIR" in _dry_run("slurm_gpu.sbatch", "--dry-run", code=2)[0]
+
+
+FAKE_PROCESS = """#!/usr/bin/env bash
+# Stands in for `python -m sdn_jax.main`: says it started, and on SIGTERM "saves" and
+# exits 130 as the trainer does.
+log="$(dirname "$0")/log"
+trap 'echo "stopped ${*: -1}" >> "$log"; exit 130' TERM
+echo "started ${*: -1}" >> "$log"
+while true; do sleep 0.05; done
+"""
+
+
+def test_local_multiprocess_forwards_sigterm_and_waits_for_every_process(tmp_path):
+    """SIGTERM to the launcher reaches every process; it returns once they have all
+    stopped, with their status (130: stopped at a checkpoint)."""
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PROCESS)
+    fake.chmod(0o755)
+    log = tmp_path / "log"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "PORT": "1"}
+    command = ["bash", "launch/local_multiprocess.sh", "2", "--workdir", "w"]
+    launcher = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (log.exists() and log.read_text().count("started") == 2):
+            assert time.monotonic() < deadline and launcher.poll() is None, "not started"
+            time.sleep(0.05)
+        launcher.send_signal(signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=30)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 130, stderr
+    assert sorted(log.read_text().split("\n")[2:4]) == [
+        "stopped --process_id=0", "stopped --process_id=1"
+    ]  # fmt: skip
