@@ -255,6 +255,11 @@ def two_process_job(jobs, runner, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def four_device_job(jobs, runner, tmp_path_factory):
+    return jobs.submit(runs.four_device_job, runner, _base(tmp_path_factory, "four_devices"))
+
+
+@pytest.fixture(scope="session")
 def resumed_one_device_job(jobs, runner, two_process_job, tiny_run_job, tmp_path_factory):
     base = _base(tmp_path_factory, "resumed_one_device")
     job = runs.resumed_elsewhere_job
@@ -265,6 +270,7 @@ def resumed_one_device_job(jobs, runner, two_process_job, tiny_run_job, tmp_path
 _JOBS = (
     "tiny_run_job",
     "two_process_job",
+    "four_device_job",
     "sharded_job",
     "identity_probe_job",
     "long_run_job",

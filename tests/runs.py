@@ -370,6 +370,12 @@ def two_process_job(runner: Runner, base: Path, attempts: int = 2) -> tuple[Path
     return workdir, result
 
 
+def four_device_job(runner: Runner, base: Path) -> tuple[Path, Result]:
+    """The tiny run as 1 process x 4 CPU devices: two_process_job's reference."""
+    workdir = base / "run"
+    return workdir, runner.run(base / "log", workdir, *MULTI, env=_devices_env(runner, 4))
+
+
 def resumed_elsewhere_job(runner: Runner, base: Path, two_process, devices: int, after=None):
     """A copy of two_process_job's run as it was after step RESUME_STEP's checkpoint, run
     again in 1 process with `devices` devices; `after` (a job's future) first, so that its

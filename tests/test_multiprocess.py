@@ -1,12 +1,11 @@
 """Multi-process training through launch/local_multiprocess.sh (issue 19).
 
-2 processes x 2 CPU devices train as the session's tiny run (1 process, 1 device) does:
-the same global batches, the same losses up to float reassociation over devices (one
-process on 4 devices against 1 device is test_steps.py's sharded test), only process 0
-writes metrics and progress, and the 2-process checkpoint restores in 1 process, where
-training continues as the 2-process job did. The runs are tests/runs.py's background jobs
-on the tiny config; the resumed run loads the tiny run's programs from the compilation
-cache. (A fresh 1 x 4 reference run cost ~60 CPU s of compiles: CI's budget.)
+2 processes x 2 CPU devices train as 1 process x 4 devices does, and as the session's
+tiny run (1 process, 1 device) does: the same global batches, the same losses up to float
+reassociation over devices; only process 0 writes metrics and progress; and the 2-process
+checkpoint restores in 1 process, where training continues as the 2-process job did. The
+runs are tests/runs.py's background jobs on the tiny config; the resumed run loads the
+tiny run's programs from the compilation cache.
 """
 
 import math
@@ -53,6 +52,17 @@ def test_two_processes_train_as_one_process(two_process_job, trained_run):
     assert sorted(p.name for p in (two / "checkpoints" / "3" / "data").iterdir()) == [
         "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"
     ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_processes_of_two_devices_train_as_one_process_of_four(
+    two_process_job, four_device_job
+):
+    two, _ = _ok(two_process_job)
+    four, result = _ok(four_device_job)
+    assert "process 0 of 1" in result.stderr and "4 local of 4 devices" in result.stderr
+    assert sorted(train_lines(four)) == list(range(1, 7))
+    _assert_close(train_lines(two), train_lines(four), range(1, 7))
 
 
 @pytest.mark.slow
