@@ -190,15 +190,15 @@ def long_run_job(jobs, runner, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def nonfinite_loss_job(jobs, runner, tmp_path_factory):
+def nonfinite_loss_job(jobs, runner, tiny_run_job, tmp_path_factory):
     base = _base(tmp_path_factory, "nonfinite_loss")
-    return jobs.submit(runs.flags_job, runner, base, *runs.NONFINITE_LOSS)
+    return jobs.submit(runs.overflowing_job, runner, base, tiny_run_job, "loss")
 
 
 @pytest.fixture(scope="session")
-def nonfinite_update_job(jobs, runner, tmp_path_factory):
+def nonfinite_update_job(jobs, runner, tiny_run_job, tmp_path_factory):
     base = _base(tmp_path_factory, "nonfinite_update")
-    return jobs.submit(runs.flags_job, runner, base, *runs.NONFINITE_UPDATE)
+    return jobs.submit(runs.overflowing_job, runner, base, tiny_run_job, "update")
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from tiny_model import ROOT, main_command, subprocess_env
 
@@ -34,21 +37,12 @@ LONG = (
     "--config.train.log_every_steps=4",
     "--config.train.sample_every_steps=1000",
 )
-NONFINITE_LOSS = (
-    # The warm-up gives step 1 a learning rate of 0 and step 2 one of 5e29: Adam's first
-    # update moves every weight by about that much, so step 3's forward pass overflows.
-    "--config.optim.learning_rate=1e30",
-    "--config.train.log_every_steps=1",
-    "--config.train.checkpoint_every_steps=2",
-)
-NONFINITE_UPDATE = (
-    # Step 2's generator learning rate overflows to inf (5e37 x 1e10 in float32): its
-    # loss, computed before the update, is finite, but the state it would save is not.
-    "--config.optim.learning_rate=1e38",
-    "--config.optim.generator_lr_scale=1e10",
-    "--config.train.log_every_steps=1",
-    "--config.train.checkpoint_every_steps=1",
-)
+# Resumed from the tiny run's step-3 checkpoint doctored to overflow float32 at step 4
+# (finite values whose next step is not): the tiny run's programs, from the cache.
+OVERFLOW_FLAGS = ("--config.train.log_every_steps=1", "--config.train.checkpoint_every_steps=1")
+HUGE_WEIGHTS = 1e30  # "loss": weights x 1e30, so step 4's forward pass overflows
+HUGE_MOMENT = 3e38  # "update": the decoder's Adam first moments near float32's maximum,
+# so step 4's loss (before the update) is finite and its update is not
 WARMUP = ("--config.train.classifier_warmup_steps=2", "--config.train.num_steps=4")
 
 
@@ -252,6 +246,39 @@ def corrupt_job(runner: Runner, base: Path, long_run) -> tuple[Path, Result]:
     shutil.copytree(reference, workdir)
     garble_arrays(workdir / "checkpoints" / str(END))
     return workdir, runner.run(base / "log", workdir, *LONG)
+
+
+def _overflowing(state: dict, kind: str) -> dict:
+    if kind == "loss":
+        scale = lambda x: x * np.float32(HUGE_WEIGHTS) if x.dtype.kind == "f" else x  # noqa: E731
+        return {**state, "params": jax.tree.map(scale, state["params"])}
+    first_moment = lambda path, x: (  # noqa: E731
+        np.full_like(x, HUGE_MOMENT) if "mu" in jax.tree_util.keystr(path) else x
+    )
+    opt_state = dict(state["opt_state"])
+    opt_state["decoder"] = jax.tree_util.tree_map_with_path(first_moment, opt_state["decoder"])
+    return {**state, "opt_state": opt_state}
+
+
+def overflowing_job(runner: Runner, base: Path, finished, kind: str) -> tuple[Path, Result]:
+    """A copy of the tiny run (`finished`: tiny_job's future) as it was after step
+    RESUME_STEP, its saved state made to overflow at the next step (`kind` "loss" or
+    "update", above), run again with OVERFLOW_FLAGS."""
+    source, _ = finished.result()
+    workdir = base / "run"
+    shutil.copytree(source, workdir)
+    for step in committed_steps(workdir):
+        if step > RESUME_STEP:
+            shutil.rmtree(workdir / "checkpoints" / str(step))
+    lines = (workdir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line)["step"] <= RESUME_STEP]
+    (workdir / "metrics.jsonl").write_text("".join(kept))
+    path = workdir / "checkpoints" / str(RESUME_STEP) / "state"
+    with ocp.StandardCheckpointer() as checkpointer:
+        state = jax.tree.map(np.asarray, checkpointer.restore(path))
+        shutil.rmtree(path)
+        checkpointer.save(path, _overflowing(state, kind))
+    return workdir, runner.run(base / "log", workdir, *OVERFLOW_FLAGS)
 
 
 def flags_job(runner: Runner, base: Path, *flags) -> tuple[Path, Result]:

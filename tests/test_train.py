@@ -271,22 +271,24 @@ def _assert_stopped_on_nonfinite(workdir: Path, result, bad_step: int, good_step
 
 @pytest.mark.slow
 def test_a_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(nonfinite_loss_job):
-    # runs.NONFINITE_LOSS: learning rate 1e30, a checkpoint every 2 steps.
+    # runs.overflowing_job "loss": resumed at step 3 with weights that overflow at step 4.
     workdir, result = nonfinite_loss_job.result()
-    _assert_stopped_on_nonfinite(workdir, result, bad_step=3, good_step=2)
-    assert "Non-finite loss at step 3" in result.stderr
+    _assert_stopped_on_nonfinite(workdir, result, bad_step=4, good_step=3)
+    assert "Non-finite loss at step 4" in result.stderr
     train = [m for m in metrics(workdir) if m["split"] == "train"]
-    assert [m["step"] for m in train] == [1, 2, 3]
+    assert [m["step"] for m in train] == [2, 4]  # the tiny run's step 2, then the resumed run's
     assert train[-1]["loss/g_total"] in ("nan", "inf", "-inf")  # JSON-safe spelling
-    assert math.isfinite(train[1]["loss/g_total"])
+    assert math.isfinite(train[0]["loss/g_total"])
 
 
 @pytest.mark.slow
 def test_a_nonfinite_update_after_a_finite_loss_is_not_checkpointed(nonfinite_update_job):
-    # runs.NONFINITE_UPDATE: step 2's generator learning rate overflows float32.
+    # runs.overflowing_job "update": resumed at step 3 with Adam moments that overflow
+    # step 4's update of the decoder.
     workdir, result = nonfinite_update_job.result()
-    _assert_stopped_on_nonfinite(workdir, result, bad_step=2, good_step=1)
-    assert "Non-finite parameters or optimizer state after step 2" in result.stderr
+    _assert_stopped_on_nonfinite(workdir, result, bad_step=4, good_step=3)
+    assert "Non-finite parameters or optimizer state after step 4" in result.stderr
+    assert "'decoder'" in result.stderr
 
 
 # --- 6. Bad input --------------------------------------------------------------------------
