@@ -15,7 +15,15 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from sdn_jax import checkpointing, distributed, run_identity, settings, train, workdir_lock
+from sdn_jax import (
+    checkpointing,
+    compilation_cache,
+    distributed,
+    run_identity,
+    settings,
+    train,
+    workdir_lock,
+)
 
 log = logging.getLogger("sdn_jax")
 
@@ -63,6 +71,8 @@ def main(argv) -> int:
         return 1
     if jax.process_index() != 0:  # One progress log per job: process 0's.
         log.setLevel(logging.WARNING)
+    cache = compilation_cache.enable()
+    log.info("Compiled programs are cached in %s", cache or "no folder (the cache is off)")
     try:
         if _MODE.value == "train":
             train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -298,7 +298,8 @@ def test_passphrase_sources_give_the_same_key(trained_run, photos, tmp_path, mon
 
 
 def test_command_line_with_fit_pad(trained_run, tmp_path, monkeypatch):
-    """One real `python -m sdn_jax.anonymize` process (the others run main() in-process)."""
+    """One real `python -m sdn_jax.anonymize` process (the others run main() in-process),
+    with no cache set for it: it keeps its programs in the user's cache."""
     out, wide = tmp_path / "out", tmp_path / "wide.jpg"
     Image.fromarray(skimage.data.astronaut()[:256]).save(wide)  # 512 wide, 256 high
     command = [
@@ -306,8 +307,11 @@ def test_command_line_with_fit_pad(trained_run, tmp_path, monkeypatch):
         "--input", wide, "--output", out, "--fit", "pad",
     ]  # fmt: skip
     env = dict(os.environ, SDN_PASSWORD=PASSPHRASE, JAX_PLATFORMS="cpu")
+    env.pop("JAX_COMPILATION_CACHE_DIR")  # the session's
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert any((tmp_path / "cache" / "sdn_jax" / "xla").iterdir())
     manifest = _manifest(out)
     assert manifest["fit"] == "pad" and manifest["step"] == 6
     assert manifest["run"] == str(trained_run / "checkpoints")

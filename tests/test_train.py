@@ -16,6 +16,7 @@ while running them a little slower.
 
 import json
 import math
+import os
 import re
 import shutil
 import signal
@@ -83,6 +84,8 @@ def test_tiny_run_leaves_the_documented_workdir(trained_run_result):
     config = json.loads((workdir / "config.json").read_text())
     assert config["train"]["num_steps"] == 6 and config["data"]["image_size"] == 32
     assert config["model"]["key_attributes"] == ["Smiling", "Eyeglasses"]
+    cache = os.environ["JAX_COMPILATION_CACHE_DIR"]  # the session's, which the run was given
+    assert f"Compiled programs are cached in {cache}" in result.stderr
 
     assert committed_steps(workdir) == [3, 6]  # checkpoint_every_steps 3, and the last step
 

@@ -17,7 +17,6 @@ import hashlib
 import importlib.util
 import io
 import logging
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sdn_jax.atomic_files import written_atomically
+from sdn_jax.compilation_cache import user_cache_dir
 
 log = logging.getLogger("sdn_jax")
 
@@ -137,8 +137,7 @@ def read_torchscript(path: Path) -> dict[str, np.ndarray]:
 
 
 def cache_path(sha1: str = SHA1) -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "sdn_jax" / f"inception_fid_{sha1[:12]}.npz"
+    return user_cache_dir() / f"inception_fid_{sha1[:12]}.npz"
 
 
 def load_weights() -> dict[str, np.ndarray]:
