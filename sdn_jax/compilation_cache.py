@@ -4,8 +4,8 @@ or a file command loads the programs an earlier one compiled instead of compilin
 Where: `$JAX_COMPILATION_CACHE_DIR` when set (JAX's own variable; set it empty to turn
 the cache off), else `<user cache>/sdn_jax/xla` (`$XDG_CACHE_HOME` or ~/.cache). Every
 program is kept, however quickly it compiled (start-up is many small programs), unless
-`$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` says otherwise. Deleting the folder is
-always safe.
+`$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` says otherwise. Nothing is evicted (JAX's
+size limit needs the `filelock` package): deleting the folder is always safe.
 """
 
 import logging
