@@ -37,6 +37,7 @@ LONG = (
     "--config.train.log_every_steps=4",
     "--config.train.sample_every_steps=1000",
 )
+RESUME_STEP = 3  # the tiny config checkpoints at steps 3 and 6
 # Resumed from the tiny run's step-3 checkpoint doctored to overflow float32 at step 4
 # (finite values whose next step is not): the tiny run's programs, from the cache.
 OVERFLOW_FLAGS = ("--config.train.log_every_steps=1", "--config.train.checkpoint_every_steps=1")
@@ -248,6 +249,18 @@ def corrupt_job(runner: Runner, base: Path, long_run) -> tuple[Path, Result]:
     return workdir, runner.run(base / "log", workdir, *LONG)
 
 
+def _copy_as_at_resume_step(finished, base: Path) -> Path:
+    """base/run: a copy of a finished job's run (its future) without the checkpoints
+    after RESUME_STEP."""
+    source, _ = finished.result()
+    workdir = base / "run"
+    shutil.copytree(source, workdir)
+    for step in committed_steps(workdir):
+        if step > RESUME_STEP:
+            shutil.rmtree(workdir / "checkpoints" / str(step))
+    return workdir
+
+
 def _overflowing(state: dict, kind: str) -> dict:
     if kind == "loss":
         scale = lambda x: x * np.float32(HUGE_WEIGHTS) if x.dtype.kind == "f" else x  # noqa: E731
@@ -264,12 +277,7 @@ def overflowing_job(runner: Runner, base: Path, finished, kind: str) -> tuple[Pa
     """A copy of the tiny run (`finished`: tiny_job's future) as it was after step
     RESUME_STEP, its saved state made to overflow at the next step (`kind` "loss" or
     "update", above), run again with OVERFLOW_FLAGS."""
-    source, _ = finished.result()
-    workdir = base / "run"
-    shutil.copytree(source, workdir)
-    for step in committed_steps(workdir):
-        if step > RESUME_STEP:
-            shutil.rmtree(workdir / "checkpoints" / str(step))
+    workdir = _copy_as_at_resume_step(finished, base)
     lines = (workdir / "metrics.jsonl").read_text().splitlines(keepends=True)
     kept = [line for line in lines if json.loads(line)["step"] <= RESUME_STEP]
     (workdir / "metrics.jsonl").write_text("".join(kept))
@@ -373,7 +381,6 @@ def identity_probe_job(base: Path) -> tuple[Result, Path]:
 # --------------------------------------------------------------- several processes
 
 MULTI = ("--config.train.log_every_steps=1",)  # every step's losses; the tiny run's programs
-RESUME_STEP = 3  # the tiny config checkpoints at steps 3 and 6
 _PORT_TAKEN = re.compile(r"failed to add port|address already in use", re.IGNORECASE)
 
 
@@ -409,11 +416,6 @@ def resumed_elsewhere_job(runner: Runner, base: Path, two_process, devices: int,
     programs are in the cache."""
     if after is not None:
         after.result()
-    source, _ = two_process.result()
-    workdir = base / "run"
-    shutil.copytree(source, workdir)
-    for step in committed_steps(workdir):
-        if step > RESUME_STEP:
-            shutil.rmtree(workdir / "checkpoints" / str(step))
+    workdir = _copy_as_at_resume_step(two_process, base)
     env = _devices_env(runner, devices) if devices > 1 else None
     return workdir, runner.run(base / "log", workdir, *MULTI, env=env)
