@@ -5,7 +5,9 @@ Where: `$JAX_COMPILATION_CACHE_DIR` when set (JAX's own variable; set it empty t
 the cache off), else `<user cache>/sdn_jax/xla` (`$XDG_CACHE_HOME` or ~/.cache). Every
 program is kept, however quickly it compiled (start-up is many small programs), unless
 `$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` says otherwise. Nothing is evicted (JAX's
-size limit needs the `filelock` package): deleting the folder is always safe.
+size limit needs the `filelock` package): deleting the folder is always safe. A folder
+that cannot be written turns the cache off with one warning (JAX would warn at every
+program).
 """
 
 import logging
@@ -31,6 +33,14 @@ def enable() -> str | None:
     if DIRECTORY_VARIABLE in os.environ:  # JAX read it at import: its choice stands
         return os.environ[DIRECTORY_VARIABLE] or None
     path = str(user_cache_dir() / "xla")
+    try:
+        os.makedirs(path, exist_ok=True)
+        writable = os.access(path, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        log.warning("Cannot write %s: compiled programs are not kept", path)
+        return None
     jax.config.update("jax_compilation_cache_dir", path)
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

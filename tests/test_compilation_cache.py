@@ -29,6 +29,19 @@ def test_the_user_cache_by_default(jax_options, monkeypatch, tmp_path):
     assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
 
 
+def test_a_folder_that_cannot_be_made_turns_it_off(jax_options, monkeypatch, tmp_path, caplog):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    before = jax.config.jax_compilation_cache_dir
+    with caplog.at_level("WARNING", logger="sdn_jax"):
+        assert compilation_cache.enable() is None
+    assert jax.config.jax_compilation_cache_dir == before
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Cannot write {tmp_path / 'file' / 'sdn_jax' / 'xla'}: compiled programs are not kept"
+    ]
+
+
 def test_jax_variable_wins_and_empty_turns_it_off(jax_options, monkeypatch, tmp_path):
     before = jax.config.jax_compilation_cache_dir
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
