@@ -45,8 +45,9 @@ flags.FLAGS.mark_as_parsed()
 import pytest  # noqa: E402
 import runs  # noqa: E402
 
-# Test modules that wait for background runs go last (in this order), so that the main
-# thread runs every in-process test first while those runs take the other core.
+# The tests of these modules that wait for background runs go last (in this order), so
+# that the main thread runs every in-process test first while those runs take the other
+# core.
 _LAST = (
     "test_steps.py",
     "test_identity_probe.py",
@@ -65,7 +66,12 @@ _LAST = (
 
 
 def pytest_collection_modifyitems(session, config, items):
-    rank = lambda item: _LAST.index(item.path.name) + 1 if item.path.name in _LAST else 0  # noqa: E731
+    def rank(item) -> int:
+        # A test that waits for no background run goes first, wherever it is written:
+        # in-process work done while the runs go, not after the last of them.
+        waits = any(name in _JOBS for name in item.fixturenames)
+        return _LAST.index(item.path.name) + 1 if waits and item.path.name in _LAST else 0
+
     items.sort(key=rank)  # stable: each module's tests stay together and in order
 
 
