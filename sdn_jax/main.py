@@ -72,7 +72,8 @@ def main(argv) -> int:
     if jax.process_index() != 0:  # One progress log per job: process 0's.
         log.setLevel(logging.WARNING)
     cache = compilation_cache.enable()
-    log.info("Compiled programs are cached in %s", cache or "no folder (the cache is off)")
+    if cache:
+        log.info("Compiled programs are cached in %s", cache)
     try:
         if _MODE.value == "train":
             train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
