@@ -31,7 +31,7 @@ _LEGACY_VALUES = {
             "num_faces": 400,
             "kid_subsets": 100,
             "kid_subset_size": 100,
-            "inception_batch_size": 50,
+            "inception_batch_size": 8,
             "cnn_steps": 600,
             "cnn_batch_size": 64,
             "logistic_steps": 300,
