@@ -22,7 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import sdn_jax.data
-from sdn_jax import host_memory, inference
+from sdn_jax import inference
 from sdn_jax import settings as settings_lib
 from sdn_jax.data import builders, pipeline
 from sdn_jax.data import synth as synth_faces
@@ -298,7 +298,6 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config configs/default.py")
-    host_memory.reuse_freed_memory()  # as the training command does, before JAX's threads
     options = Options(
         data_dir=_data_dir(config),
         num_batches=_NUM_BATCHES.value,

@@ -26,7 +26,7 @@ import time
 
 import tqdm
 
-from sdn_jax import compilation_cache, file_keys, host_memory, image_files, inference, manifest
+from sdn_jax import compilation_cache, file_keys, image_files, inference, manifest
 from sdn_jax import passphrase as passphrase_lib
 from sdn_jax.file_command_flags import MAX_BATCH_SIZE, build_parser
 from sdn_jax.images import from_uint8, to_uint8
@@ -144,7 +144,6 @@ def _prepare(args, anonymizing: bool) -> Job:
         raise UsageError(str(error)) from None
     if anonymizing:  # where the passphrase is chosen
         file_keys.warn_if_weak(passphrase)
-    host_memory.reuse_freed_memory()  # before JAX's threads start
     compilation_cache.enable()  # a second call starts warm
     model = _load_model(args)
     try:

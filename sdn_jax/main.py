@@ -19,7 +19,6 @@ from sdn_jax import (
     checkpointing,
     compilation_cache,
     distributed,
-    host_memory,
     run_identity,
     settings,
     train,
@@ -56,7 +55,6 @@ def main(argv) -> int:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
-    host_memory.reuse_freed_memory()  # before JAX's threads start
     try:
         launch = distributed.plan(
             _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, mode=_DISTRIBUTED.value
