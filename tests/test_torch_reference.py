@@ -276,6 +276,17 @@ def test_a_step_trains_every_network(default_settings):
     assert trainer.step_count == default_settings.optim.warmup_steps + 1
 
 
+def test_channels_last_computes_the_same_step(default_settings):
+    """The eager benchmark runs channels_last: the same losses as NCHW."""
+    losses = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        trainer = torch_reference.Trainer(default_settings, channels_last=channels_last)
+        losses.append(trainer.step(trainer.batch(_batch(default_settings))))
+    for name, value in losses[0].items():
+        assert losses[1][name].item() == pytest.approx(value.item(), rel=1e-5), name
+
+
 def _batch(settings):
     from sdn_jax import training_setup
 
