@@ -4,11 +4,14 @@
 
 No SECTION runs them all. Prints a table and writes JSON (INTERFACES.md):
 `{"device": ..., "num_devices": ..., "<section>": {"images_per_s": ..., ...}, ...}`.
+`--vs-torch` also times the train step in PyTorch (benchmarks/torch_reference.py, from
+the repository root with torch installed) and adds `torch` and the ratios to train_step.
 A section is one function `(settings, options) -> dict` registered in `SECTIONS`; add one
 there and it becomes a command-line choice.
 """
 
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -45,6 +48,14 @@ _SECONDS = flags.DEFINE_float(
 _WARMUP_BATCHES = flags.DEFINE_integer(
     "warmup_batches", 5, "Untimed batches first (thread and worker start-up, caches)."
 )
+_VS_TORCH = flags.DEFINE_bool(
+    "vs_torch",
+    False,
+    "train_step: also time the same networks and step in PyTorch, eager and under "
+    "torch.compile, same batch and threads (benchmarks/torch_reference.py; needs torch: "
+    "requirements-bench.txt), and JAX's steps/s over each.",
+)
+flags.DEFINE_alias("vs-torch", "vs_torch")  # INTERFACES.md spells it with a dash
 _WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
@@ -62,6 +73,7 @@ class Options:
     seconds: float = 5.0
     warmup_batches: int = 5
     workdir: str | None = None  # a trained run, for the anonymize section
+    vs_torch: bool = False  # train_step: also time the PyTorch reference
 
 
 def _log(message: str) -> None:
@@ -224,7 +236,7 @@ def train_step(settings: Settings, options: Options) -> dict:
     datasheet = DATASHEET_BF16_PEAK.get(jax.devices()[0].device_kind)
     peak = datasheet or measured_peak
     achieved = flops_per_step * count / seconds
-    return {
+    results = {
         "images_per_s": count * batch_size / seconds,
         "generator_images_per_s": count * settings.train.generator_images / seconds,
         "steps_per_s": count / seconds,
@@ -241,6 +253,48 @@ def train_step(settings: Settings, options: Options) -> dict:
         "num_steps": count,
         "seconds": seconds,
     }
+    if options.vs_torch:
+        results.update(versus_torch(settings, options, results["steps_per_s"]))
+    return results
+
+
+def versus_torch(settings: Settings, options: Options, jax_steps_per_s: float) -> dict:
+    """The PyTorch reference's train step (benchmarks/torch_reference.py), eager and
+    compiled, timed as `_timed` times JAX's, and JAX's steps/s over each. Without torch,
+    or outside the repository (benchmarks/ is not installed), the reason in one line."""
+    from sdn_jax import training_setup
+
+    try:
+        reference = importlib.import_module("benchmarks.torch_reference")
+    except ImportError as error:
+        reason = _no_torch_reason(error)
+        _log(f"train_step: no PyTorch comparison: {reason}")
+        return {"torch_skipped": reason}
+    batch = training_setup.random_batch(settings)
+    timings = reference.time_train_step(settings, batch, lambda f: _timed(f, options), _log)
+    return {
+        "torch": timings,
+        "ratio_vs_torch_eager": _ratio(jax_steps_per_s, timings["eager"]),
+        "ratio_vs_torch_compile": _ratio(jax_steps_per_s, timings["compile"]),
+    }
+
+
+def _ratio(jax_steps_per_s: float, torch_mode: dict) -> float | None:
+    """None where torch has no figure (a failed compile)."""
+    rate = torch_mode["steps_per_s"]
+    return jax_steps_per_s / rate if rate else None
+
+
+def _no_torch_reason(error: ImportError) -> str:
+    missing = error.name or ""
+    if missing == "torch" or missing.startswith("torch."):
+        return "torch is not installed (pip install -r requirements-bench.txt)"
+    if missing == "benchmarks" or missing.startswith("benchmarks."):
+        return (
+            "benchmarks/ is not importable: run from the repository root (the PyTorch "
+            "reference is not part of the installed package)"
+        )
+    return f"{type(error).__name__}: {error}"
 
 
 def _is_accelerator() -> bool:
@@ -272,17 +326,31 @@ def run(config, sections: list[str] | tuple[str, ...], options: Options) -> dict
 
 
 def format_table(results: dict) -> str:
-    """One line per measured value, for people."""
+    """One line per measured value, for people; nested values (train_step's torch.eager)
+    get dotted names."""
+    rows = [
+        (section, key, value)
+        for section, values in results.items()
+        if isinstance(values, dict)
+        for key, value in _flat(values)
+    ]
+    width = max([20] + [len(key) for _, key, _ in rows])
     lines = [f"device: {results['device']} x{results['num_devices']}"]
-    for section, values in results.items():
-        if isinstance(values, dict):
-            for key, value in values.items():
-                if isinstance(value, float):
-                    shown = f"{value:.3g}" if abs(value) < 10 else f"{value:,.1f}"
-                else:
-                    shown = str(value)
-                lines.append(f"{section:<16} {key:<20} {shown:>14}")
+    for section, key, value in rows:
+        if isinstance(value, float):
+            shown = f"{value:.3g}" if abs(value) < 10 else f"{value:,.1f}"
+        else:
+            shown = str(value)
+        lines.append(f"{section:<16} {key:<{width}} {shown:>14}")
     return "\n".join(lines)
+
+
+def _flat(values: dict, prefix: str = ""):
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def _data_dir(config) -> str:
@@ -304,10 +372,13 @@ def main(argv: list[str]) -> None:
         seconds=_SECONDS.value,
         warmup_batches=_WARMUP_BATCHES.value,
         workdir=_WORKDIR.value,
+        vs_torch=_VS_TORCH.value,
     )
     unknown = [name for name in argv[1:] if name not in SECTIONS]
     if unknown:
         raise app.UsageError(f"Unknown sections {unknown}; choose from {list(SECTIONS)}")
+    if options.vs_torch and argv[1:] and "train_step" not in argv[1:]:
+        raise app.UsageError("--vs-torch compares the train step: add the train_step section")
     try:
         results = run(config, argv[1:], options)
     except (settings_lib.SettingsError, inference.LoadError) as error:

@@ -341,15 +341,24 @@ def rerun_job(runner: Runner, base: Path, finished, *flags, read_only=False) -> 
     return Rerun(workdir, before, result, writable)
 
 
+# `python -m sdn_jax.benchmark` with torch unimportable, whether installed or not.
+_WITHOUT_TORCH = (
+    "import runpy, sys; sys.modules['torch'] = None; "
+    "runpy.run_module('sdn_jax.benchmark', run_name='__main__', alter_sys=True)"
+)
+
+
 def benchmark_job(base: Path, data_dir: Path, cache_dir: Path, finished=None):
     """`python -m sdn_jax.benchmark` on the tiny config: (the JSON path, the process).
-    After the tiny run (`finished`) when given: its train step is in the cache then."""
+    After the tiny run (`finished`) when given: its train step is in the cache then.
+    With --vs-torch and torch made unimportable: the comparison's skip, wherever the
+    tests run (a PyTorch step on top would take longer than the rest of the job)."""
     if finished is not None:
         finished.result()
     out = base / "bench.json"
     command = [
-        sys.executable, "-m", "sdn_jax.benchmark",
-        "input_pipeline", "synth_faces_renderer", "train_step",
+        sys.executable, "-c", _WITHOUT_TORCH,
+        "input_pipeline", "synth_faces_renderer", "train_step", "--vs-torch",
         "--config", "configs/tiny.py", f"--data_dir={data_dir}", f"--out={out}",
         "--num_batches=5", "--warmup_batches=1",
     ]  # fmt: skip
