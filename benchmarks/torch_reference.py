@@ -25,16 +25,8 @@ from benchmarks import torch_losses as losses
 from benchmarks.torch_networks import build_networks
 from sdn_jax.data import attributes as attr_lib
 from sdn_jax.settings import Settings
+from sdn_jax.state import GENERATOR_NETWORKS, LR_SCALE_FIELD
 
-GENERATOR_NETWORKS = ("encoder", "decoder", "key_predictor")
-_LR_SCALE = {
-    "encoder": "generator_lr_scale",
-    "decoder": "generator_lr_scale",
-    "key_predictor": "generator_lr_scale",
-    "discriminator": "discriminator_lr_scale",
-    "classifier": "classifier_lr_scale",
-    "club": "club_lr_scale",
-}
 # One optimiser per update of the step; per-network lr scales are its param groups
 # (Adam is elementwise: grouping changes no number, and one fused call is cheaper).
 _UPDATES = {
@@ -200,7 +192,7 @@ def build_optimizers(nets, settings: Settings) -> dict:
         groups = [
             {
                 "params": [p for p in nets[name].parameters() if p.requires_grad],
-                "scale": getattr(o, _LR_SCALE[name]),
+                "scale": getattr(o, LR_SCALE_FIELD[name]),
             }
             for name in names
         ]

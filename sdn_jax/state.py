@@ -20,7 +20,8 @@ GENERATOR_NETWORKS = ("encoder", "decoder", "key_predictor")  # updated by the g
 # beside the live params, and inference, samples and evaluation use the averages.
 INFERENCE_NETWORKS = ("encoder", "decoder")
 NETWORKS = sdn.NETWORKS
-_LR_SCALE = {
+# Each network's learning-rate multiplier: a field of settings.optim.
+LR_SCALE_FIELD = {
     "encoder": "generator_lr_scale",
     "decoder": "generator_lr_scale",
     "key_predictor": "generator_lr_scale",
@@ -56,7 +57,7 @@ def build_optimizers(settings: Settings) -> dict:
     o = settings.optim
     optimizers = {}
     for name in NETWORKS:
-        scale = getattr(o, _LR_SCALE[name])
+        scale = getattr(o, LR_SCALE_FIELD[name])
         optimizers[name] = optax.adam(lambda step, s=scale: s * schedule(step), o.b1, o.b2)
     return optimizers
 
