@@ -13,7 +13,6 @@ as many threads as JAX uses. Needs torch (requirements-bench.txt) and the reposi
 root on the path; not part of the installed package.
 """
 
-import math
 import os
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import torch
 
 from benchmarks import torch_losses as losses
 from benchmarks.torch_networks import build_networks
+from sdn_jax import state as state_lib
 from sdn_jax.data import attributes as attr_lib
 from sdn_jax.settings import Settings
 from sdn_jax.state import GENERATOR_NETWORKS, LR_SCALE_FIELD
@@ -172,16 +172,11 @@ def generator_every(settings: Settings) -> int:
 # ----------------------------------------------------------------------------- training
 
 
-def learning_rate(step: int, settings: Settings) -> float:
-    """state.learning_rate_schedule (optax's warmup_cosine_decay_schedule) at `step`."""
-    o = settings.optim
-    warmup = max(1, o.warmup_steps)
-    if step < warmup:
-        return o.learning_rate * step / warmup
-    decay_steps = max(o.warmup_steps + 1, settings.train.num_steps) - warmup
-    progress = min(step - warmup, decay_steps) / decay_steps
-    cosine = 0.5 * (1 + math.cos(math.pi * progress))
-    return o.learning_rate * ((1 - o.decay_to) * cosine + o.decay_to)
+def learning_rates(settings: Settings) -> np.ndarray:
+    """state.learning_rate_schedule (optax's) at steps 0..train.num_steps, computed once:
+    the same numbers as JAX's, and no JAX call inside a timed torch step."""
+    schedule = state_lib.learning_rate_schedule(settings)
+    return np.asarray(schedule(np.arange(settings.train.num_steps + 1)), np.float64)
 
 
 def build_optimizers(nets, settings: Settings) -> dict:
@@ -214,6 +209,7 @@ class Trainer:
             self.nets = self.nets.to(memory_format=torch.channels_last)
         self.optimizers = build_optimizers(self.nets, settings)
         self.step_count = 0
+        self._rates = learning_rates(settings)
         nets = self.nets
         losses = (
             lambda x: generator_loss(nets, x, settings),
@@ -237,7 +233,7 @@ class Trainer:
 
     def step(self, batch: dict) -> dict:
         """One full step on a `self.batch(...)` batch; returns the three losses."""
-        rate = learning_rate(self.step_count, self.settings)
+        rate = float(self._rates[min(self.step_count, len(self._rates) - 1)])
         for optimizer in self.optimizers.values():
             for group in optimizer.param_groups:
                 group["lr"] = group["scale"] * rate
