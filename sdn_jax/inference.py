@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sdn_jax import config_upgrade, keys
+from sdn_jax import compiler, config_upgrade, keys
 from sdn_jax import passphrase as passphrase_lib
 from sdn_jax import settings as settings_lib
 from sdn_jax import state as state_lib
@@ -97,7 +97,7 @@ def weights_fingerprint(params: Mapping) -> str:
     return digest.hexdigest()[:16]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@compiler.jit(static_argnums=(0, 1))
 def _transform(encoder, decoder, params, images, direction, password, attributes):
     """One fixed-size batch, a key per image; the modules are static (equal configs share
     one compile)."""

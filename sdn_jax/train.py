@@ -18,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import sdn_jax.data
-from sdn_jax import checkpointing, run_identity, sharding, training_setup, workdir_lock
+from sdn_jax import checkpointing, compiler, run_identity, sharding, training_setup, workdir_lock
 from sdn_jax import settings as settings_lib
 from sdn_jax import state as state_lib
 from sdn_jax.atomic_files import written_atomically
@@ -155,7 +155,7 @@ def train(run: Run):
         iterator.set_state(data_state)
     full_step, warmup_step = setup.train_step(), setup.classifier_warmup_step()
     samples = _fixed_eval_batch(run.eval_source, t.num_samples)
-    outputs_fn = jax.jit(outputs_lib.make_outputs_fn(setup.networks))
+    outputs_fn = compiler.jit(outputs_lib.make_outputs_fn(setup.networks))
     sample_key = heldout.evaluation_keys(len(samples), settings.model)
     finite = _FiniteChecks(run, setup.mesh)
     progress = Progress(t.num_steps, t.global_batch_size)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from sdn_jax import sharding, steps
+from sdn_jax import compiler, sharding, steps
 from sdn_jax import state as state_lib
 from sdn_jax.models import sdn
 from sdn_jax.settings import Settings
@@ -32,7 +32,7 @@ class TrainingSetup:
 
     def jit_step(self, step_fn, **jit_options):
         """(state, batch) -> (state, metrics), sharded, donating the old state."""
-        return jax.jit(
+        return compiler.jit(
             step_fn,
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sdn_jax.data
+from sdn_jax import compiler
 from sdn_jax import settings as settings_lib
 from sdn_jax.atomic_files import written_atomically
 from sdn_jax.batching import map_in_batches
@@ -78,8 +79,8 @@ class Attacker:
         self.info = dict(info or {})
         identity = attacker_training.identity_network(settings)
         attribute = attacker_training.attribute_network(settings)
-        self._embed = jax.jit(lambda p, x: identity.apply(p, x)[0])
-        self._attributes = jax.jit(lambda p, x: jax.nn.sigmoid(attribute.apply(p, x)[1]))
+        self._embed = compiler.jit(lambda p, x: identity.apply(p, x)[0])
+        self._attributes = compiler.jit(lambda p, x: jax.nn.sigmoid(attribute.apply(p, x)[1]))
 
     def _batched(self, fn, params, images) -> np.ndarray:
         """fn over fixed-size batches (the last one padded): one compile per image size."""

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sdn_jax import compiler
 from sdn_jax.augment import damage_patch, recolour
 from sdn_jax.evaluation.recognizer_model import Recognizer
 from sdn_jax.images import from_uint8
@@ -142,7 +143,7 @@ def train_identity(images: np.ndarray, identities: np.ndarray, settings, key: ja
     params = model.init(init_key, from_uint8(data[:1]))
     optimizer = _optimizer(settings, settings.num_steps)
 
-    @jax.jit
+    @compiler.jit
     def step(params, opt_state, key, data):
         person_key, photo_key, colour_key = jax.random.split(key, 3)
         patch_key = jax.random.fold_in(key, 3)  # apart: the other streams stay as they were
@@ -190,7 +191,7 @@ def train_attributes(
     optimizer = _optimizer(settings, settings.attribute_steps)
     batch = settings.attribute_batch_size
 
-    @jax.jit
+    @compiler.jit
     def step(params, opt_state, key, data, labels):
         index = jax.random.randint(key, (batch,), 0, data.shape[0])
 

@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from sdn_jax import inference, keys
+from sdn_jax import compiler, inference, keys
 from sdn_jax.atomic_files import written_atomically
 from sdn_jax.batching import map_in_batches
 from sdn_jax.data import attributes as attr_lib
@@ -109,7 +109,7 @@ def face_keys(count: int, model: Model) -> dict:
 
 def sdn_outputs(model: inference.Model, images: np.ndarray, key: dict, batch_size: int) -> dict:
     """All outputs for all faces, in fixed-size batches (the last one padded)."""
-    outputs_fn = jax.jit(outputs_lib.make_outputs_fn(model.networks))
+    outputs_fn = compiler.jit(outputs_lib.make_outputs_fn(model.networks))
     run = lambda x, *values: outputs_fn(model.params, x, dict(zip(key, values)))
     return map_in_batches(run, [images, *key.values()], batch_size, pad="edge")
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdn_jax import keys
+from sdn_jax import compiler, keys
 from sdn_jax.data import attributes as attr_lib
 from sdn_jax.evaluation import metrics
 from sdn_jax.evaluation.outputs import OUTPUTS, make_outputs_fn
@@ -53,8 +53,8 @@ def _identification_rate(embeddings, identities, gallery_index, probe_index):
 
 def evaluate_heldout(params, networks, batches, model: Model) -> dict:
     """Summary figures over `batches` (dicts with image, identity, mask) of a held-out split."""
-    outputs_fn = jax.jit(make_outputs_fn(networks))
-    classify = jax.jit(lambda p, x: apply(networks["classifier"], p, x))
+    outputs_fn = compiler.jit(make_outputs_fn(networks))
+    classify = compiler.jit(lambda p, x: apply(networks["classifier"], p, x))
     key_index = np.asarray(attr_lib.attribute_indices(model.key_attributes))
     collected = {name: [] for name in ("identity", "original", *OUTPUTS)}
     psnrs = {name: [] for name in OUTPUTS}

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sdn_jax import compiler
 from sdn_jax.batching import map_in_batches
 from sdn_jax.evaluation.inception_weights import InceptionWeightsMissing, load_weights
 
@@ -297,7 +298,8 @@ def make_feature_fn(params, batch_size: int = 50) -> Callable[[np.ndarray], np.n
     One compiled program per image size, run on `batch_size` images at a time (the last
     batch padded). Long inputs log their progress every 30 s.
     """
-    apply = jax.jit(_features, compiler_options=_COMPILER_OPTIONS)
+    apply = compiler.jit(_features, compiler_options=_COMPILER_OPTIONS)
+    params = jax.device_put(params)  # once, not with every batch
 
     def features(images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)

@@ -19,12 +19,10 @@ Every attacked face is the anonymized image as an 8-bit PNG holds it, as in the 
 study (security.py), whose per-face helpers these reuse.
 """
 
-import functools
-
 import jax
 import numpy as np
 
-from sdn_jax import keys
+from sdn_jax import compiler, keys
 from sdn_jax.batching import map_in_batches
 from sdn_jax.evaluation.copies import png_copies
 from sdn_jax.evaluation.security import outcome, transform
@@ -90,7 +88,7 @@ def known_pairs_attack(folders, originals, galleries, attacker) -> dict:
     return section
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@compiler.jit(static_argnums=0)
 def _bit_logits(key_predictor, params, originals, anonymized):
     return apply(key_predictor, params, originals, anonymized)
 

@@ -27,7 +27,6 @@ The keys come from security_keys, the lossy copies from copies (sdn_jax.evaluati
 """
 
 import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdn_jax import keys
+from sdn_jax import compiler, keys
 from sdn_jax import passphrase as passphrase_lib
 from sdn_jax.batching import map_in_batches
 from sdn_jax.evaluation import metrics
@@ -64,14 +63,14 @@ YEAR = 365.25 * 24 * 3600  # seconds
 # ------------------------------------------------------------------- SDN passes
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@compiler.jit(static_argnums=(0, 1))
 def _generate(encoder, decoder, params, images, direction, password, attributes):
     """G(E(x)) with a key of its own per row."""
     condition = keys.condition_vector(direction, password, attributes)
     return sdn.generate({"encoder": encoder, "decoder": decoder}, params, images, condition)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@compiler.jit(static_argnums=(0, 1))
 def _recover_one_many_keys(encoder, decoder, params, image, password, attributes):
     """One anonymized image (1, S, S, 3) recovered under every row's key; E runs once."""
     latent = apply(encoder, params["encoder"], image)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sdn_jax import compiler
 from sdn_jax.images import from_uint8
 
 CNN_LEARNING_RATE = 1e-3
@@ -82,10 +83,10 @@ def _accuracy(logits, labels) -> float:
 
 CNN = SmallCNN()
 CNN_OPTIMIZER = optax.adam(CNN_LEARNING_RATE)
-_cnn_logits = jax.jit(CNN.apply)
+_cnn_logits = compiler.jit(CNN.apply)
 
 
-@functools.partial(jax.jit, static_argnames="batch_size")
+@compiler.jit(static_argnames="batch_size")
 def cnn_step(params, opt_state, rng, step, x, y, *, batch_size: int):
     """One Adam step on a random batch of (x, y), randomly flipped left-right; the
     batch derives from (rng, step)."""
