@@ -1,11 +1,16 @@
 """Progress of the training loop: step rate, images per second, ETA, the headline losses.
 
 The first step of each compiled program (C's warm-up, then the full step) is timed
-apart, so compile time never counts in the step rate.
+apart, so compile time never counts in the step rate. The rate is given twice: over the
+whole loop, and over the steps alone, without the time spent in `bookkeeping()` (logging,
+sample grids, checkpoint saves).
 """
 
+import contextlib
 import logging
 import time
+
+import jax
 
 log = logging.getLogger("sdn_jax")
 
@@ -26,12 +31,14 @@ def format_seconds(seconds: float) -> str:
 
 class Progress:
     """Call `program_starts(step)` before the first step of a newly compiled program,
-    `stepped(step)` after every step, and `rate(step)` at a log step."""
+    `compiled(step)` after its first step, `rates(step)` at a log step, and wrap what the
+    loop does besides stepping in `bookkeeping(...)`."""
 
     def __init__(self, num_steps: int, images_per_step: int):
         self.num_steps, self.images_per_step = num_steps, images_per_step
         self._last_time, self._last_step = time.perf_counter(), 0
         self._start_time, self._compiled_at = self._last_time, None
+        self._bookkeeping_seconds = 0.0  # since the last log step
 
     def program_starts(self, step_before: int) -> None:
         self._last_time = self._start_time = time.perf_counter()
@@ -45,6 +52,7 @@ class Progress:
     def compiled(self, step: int, first_ever: bool) -> None:
         """The current program's first step finished (the caller waited for it)."""
         self._compiled_at = time.perf_counter()
+        self._bookkeeping_seconds = 0.0
         log.info(
             "First step%s (compile + run) took %.1f s",
             "" if first_ever else " after the warm-up",
@@ -52,15 +60,28 @@ class Progress:
         )
         self._last_time, self._last_step = self._compiled_at, step
 
-    def rate(self, step: int) -> float:
-        """Steps per second since the previous log step (compiling excluded)."""
+    @contextlib.contextmanager
+    def bookkeeping(self, pending):
+        """Times the block as time outside the steps. `pending` (the state) is waited for
+        first: steps the device still runs count as stepping, not as bookkeeping."""
+        jax.block_until_ready(pending)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._bookkeeping_seconds += time.perf_counter() - start
+
+    def rates(self, step: int) -> tuple[float, float]:
+        """Steps per second since the previous log step (compiling excluded): over the
+        whole loop, and over the steps alone (bookkeeping excluded)."""
         now = time.perf_counter()
         if step > self._last_step:
-            rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+            steps, seconds = step - self._last_step, now - self._last_time
         else:  # The first step is a log step: only its own time is known.
-            rate = 1.0 / max(self._compiled_at - self._start_time, 1e-9)
-        self._last_time, self._last_step = now, step
-        return rate
+            steps, seconds = 1, self._compiled_at - self._start_time
+        stepping = seconds - self._bookkeeping_seconds
+        self._last_time, self._last_step, self._bookkeeping_seconds = now, step, 0.0
+        return steps / max(seconds, 1e-9), steps / max(stepping, 1e-9)
 
     def report(self, step: int, scalars: dict, rate: float, note: str = "") -> None:
         eta = (self.num_steps - step) / max(rate, 1e-9)
