@@ -207,7 +207,8 @@ def _peak_flops_per_s(options: Options, dtype: str = "float32", size: int = 2048
 
 def train_step(settings: Settings, options: Options) -> dict:
     """Full SDN train steps per second (every network updated; the classifier warm-up
-    steps are not timed) on random images, with XLA's FLOP count of the compiled step."""
+    steps are not timed) on random images, with XLA's FLOP count of the compiled step.
+    FLOPs, achieved and peak FLOP/s are the whole mesh's (every device's share)."""
     from sdn_jax import training_setup
 
     batch_size, size = settings.train.global_batch_size, settings.data.image_size
@@ -221,7 +222,9 @@ def train_step(settings: Settings, options: Options) -> dict:
     compile_seconds = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    flops_per_step = float(cost.get("flops", float("nan")))
+    # XLA counts one device's share of a sharded program; the step is all of them.
+    num_devices = setup.mesh.devices.size
+    flops_per_step = float(cost.get("flops", float("nan"))) * num_devices
     holder = [state]
 
     def one_step():
@@ -234,7 +237,7 @@ def train_step(settings: Settings, options: Options) -> dict:
     _log(f"train_step: measuring the peak ({dtype} matmul)")
     measured_peak = _peak_flops_per_s(options, dtype, size=4096 if _is_accelerator() else 2048)
     datasheet = DATASHEET_BF16_PEAK.get(jax.devices()[0].device_kind)
-    peak = datasheet or measured_peak
+    peak = (datasheet or measured_peak) * num_devices  # the mesh's, as the FLOPs are
     achieved = flops_per_step * count / seconds
     results = {
         "images_per_s": count * batch_size / seconds,
@@ -244,7 +247,7 @@ def train_step(settings: Settings, options: Options) -> dict:
         "achieved_flops_per_s": achieved,
         "peak_flops_per_s": peak,
         "peak_source": "datasheet bf16 dense" if datasheet else f"measured {dtype} matmul",
-        "measured_peak_flops_per_s": measured_peak,
+        "measured_peak_flops_per_s": measured_peak,  # one device's
         "mfu": achieved / peak,
         "dtype": dtype,
         "compile_seconds": compile_seconds,
