@@ -177,6 +177,16 @@ def train(run: Run):
             # Read once: a signal landing between the checks below must not skip the save.
             # Every process asks at every step (in a job, all of them stop at one step).
             stopping = stop.check(step)
+            if step % t.log_every_steps == 0 or is_last or stopping:
+                scalars = jax.device_get(metrics)  # waits for the steps in flight
+                rate, stepping_rate = progress.rates(step)
+                with progress.bookkeeping(state):
+                    finite.losses(step, scalars)
+                    scalars["perf/steps_per_s"] = rate
+                    scalars["perf/images_per_s"] = rate * t.global_batch_size
+                    scalars["perf/steps_per_s_excluding_bookkeeping"] = stepping_rate
+                    run.writer.write(step, "train", scalars)
+                    progress.report(step, scalars, rate, " (C warm-up)" if in_warmup else "")
             if step % t.sample_every_steps == 0 or is_last:
                 with progress.bookkeeping(state):
                     params = state_lib.inference_params(state)
@@ -188,16 +198,6 @@ def train(run: Run):
                     finite.losses(step, jax.device_get(metrics))
                     finite.state(step, state)
                     run.checkpointer.save(step, state, iterator.get_state(), force=True)
-            if step % t.log_every_steps == 0 or is_last or stopping:
-                with progress.bookkeeping(state):
-                    scalars = jax.device_get(metrics)
-                    finite.losses(step, scalars)
-                    rate, stepping_rate = progress.rates(step)
-                    scalars["perf/steps_per_s"] = rate
-                    scalars["perf/images_per_s"] = rate * t.global_batch_size
-                    scalars["perf/steps_per_s_excluding_bookkeeping"] = stepping_rate
-                    run.writer.write(step, "train", scalars)
-                    progress.report(step, scalars, rate, " (C warm-up)" if in_warmup else "")
             if stopping:
                 run.checkpointer.wait_until_finished()
                 raise Interrupted(f"{stopping} at step {step}: checkpoint saved")
