@@ -229,16 +229,16 @@ def get_config() -> ml_collections.ConfigDict:
     evaluation.realism = realism = ml_collections.ConfigDict()
     realism.seed = 20250404  # the two-sample tests' split of the people and their judges
     # Faces judged (of the 800 test probes; the first photo of each of the 200 people
-    # first): the Inception pass (~7 images/s on 2 cores) over 4 outputs of 400 faces takes
-    # ~4 min; the 3 real sets' features are cached after the first evaluation. FID is
+    # first): the Inception pass (~14 images/s on 2 cores) over 4 outputs of 400 faces takes
+    # ~2 min; the 3 real sets' features are cached after the first evaluation. FID is
     # biased upward at small samples: compare FIDs only at the same number of faces.
     realism.num_faces = 400
     realism.kid_subsets = 100  # KID: mean and std over this many random subsets
     # Faces per subset (at most the number of faces): well below num_faces, or every
     # subset is the whole set and the std says nothing (1,000 gave std 0 at 400 faces).
     realism.kid_subset_size = 100
-    # Images per Inception call. On a CPU small batches are faster (2 cores: ~7 images/s at
-    # 8, ~6 at 50, whose 299 px activations are freshly mapped pages at every call).
+    # Images per Inception call. With XLA's own convolutions (sdn_jax.compiler) a CPU runs
+    # 8 and 50 alike (2 cores: 14.4-15.1 images/s); under YNN's, 8 was faster (7 vs 6).
     realism.inception_batch_size = 8
     # The CNN judge: 600 Adam steps of 64 images, ~15 s per output on 800 + 800 faces on
     # 2 busy cores. On the default run's anonymized faces (seed 0) 300 steps told 0.93 of
