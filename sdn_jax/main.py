@@ -118,7 +118,27 @@ def run() -> None:
     for flag in flags.FLAGS.get_key_flags_for_module(__name__):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     _setup_logging()
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a mistyped config field (`--config.train.num_step=5`) as one
+    line and exit 2: ml_collections raises AttributeError there, which absl lets through
+    as a traceback."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as error:
+        # ml_collections' message (an AttributeError around a KeyError around a string):
+        # "'field'", then maybe 'Did you mean "fields" ...?'.
+        while isinstance(error, BaseException) and error.args:
+            error = error.args[0]
+        field, _, hint = str(error).partition("\n")
+        field = field.strip("\"'")
+        names = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        named = [n for n in names if field in n.split(".")] or names or ["--config"]
+        hint = f" ({hint.strip()})" if hint.strip() else ""
+        print(f"error: {named[0]}: no such config field{hint}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
