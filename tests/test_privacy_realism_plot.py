@@ -40,3 +40,26 @@ def test_nothing_to_plot_and_bad_arguments_are_errors(tmp_path):
         plot_tool.main(["--run", f"a={bare}", "--default", "b", "--out", "p.png"])
     with pytest.raises(SystemExit):
         plot_tool.main(["--run", "no-equals-sign", "--out", "p.png"])
+
+
+def test_saved_points_plot_again_without_their_workdirs(tmp_path, capsys):
+    good = _report(tmp_path / "good", anonymized_fid=40.0, match=0.03)
+    saved, out = tmp_path / "points.json", tmp_path / "plot.png"
+    argv = ["--run", f"good={good}", "--out", str(out), "--save-points", str(saved)]
+    assert plot_tool.main(argv) == 0
+    newer = _report(tmp_path / "newer", anonymized_fid=80.0, match=0.01)
+    capsys.readouterr()
+    argv = ["--points", str(saved), "--run", f"newer={newer}", "--default", "good"]
+    assert plot_tool.main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "good         anonymized FID/blurred 0.500  match 0.030" in printed
+    assert "newer        anonymized FID/blurred 1.000  match 0.010" in printed
+
+
+def test_a_bad_points_file_is_named(tmp_path, capsys):
+    bad = tmp_path / "points.json"
+    bad.write_text(json.dumps({"e1": {"anonymized": {}}}))
+    assert plot_tool.main(["--points", str(bad), "--out", str(tmp_path / "p.png")]) == 2
+    assert str(bad) in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        plot_tool.main(["--out", str(tmp_path / "p.png")])

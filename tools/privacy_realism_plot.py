@@ -10,6 +10,12 @@ their person (the target is <= 0.05). The good corner is bottom left.
 
 A run whose report has no realism section (no Inception weights, or evaluated before
 the section existed) is named and left out.
+
+Runs whose workdirs are gone can be kept on the plot: `--save-points FILE` writes the
+figures the plot read (an excerpt of each report: the anonymized match rate and the
+realism FIDs), and `--points FILE` reads such a file back beside the `--run`s (a `--run`
+of the same name wins). docs/privacy_realism_points.json holds the runs of
+docs/experiments.md.
 """
 
 import argparse
@@ -38,17 +44,43 @@ def point(report: dict) -> tuple[float, float, float]:
     )
 
 
-def read_points(runs: dict[str, str]) -> tuple[dict, dict]:
-    """name -> point for the runs that have one; name -> why for those that don't."""
-    points, skipped = {}, {}
+def excerpt(report: dict) -> dict:
+    """The part of a report that `point` reads."""
+    fid = report["realism"]["fid"]
+    keys = ("anonymized", "recovered_wrong_password", "blurred_reference")
+    return {
+        "anonymized": {"identity_match_rate": report["anonymized"]["identity_match_rate"]},
+        "realism": {"fid": {k: fid[k] for k in keys}},
+    }
+
+
+def read_reports(runs: dict[str, str]) -> tuple[dict, dict]:
+    """name -> report excerpt for the runs that have figures; name -> why for the others."""
+    reports, skipped = {}, {}
     for name, workdir in runs.items():
         path = os.path.join(workdir, "eval", "report.json")
         try:
             with open(path) as f:
-                points[name] = point(json.load(f))
-        except (OSError, json.JSONDecodeError, KeyError, ReportError) as e:
+                report = json.load(f)
+            point(report)
+            reports[name] = excerpt(report)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ReportError) as e:
             skipped[name] = f"{path}: {e}"
-    return points, skipped
+    return reports, skipped
+
+
+def read_points_file(path: str) -> dict:
+    """name -> report excerpt, as `--save-points` wrote them."""
+    try:
+        with open(path) as f:
+            reports = json.load(f)
+        if not isinstance(reports, dict):
+            raise ReportError("not a JSON object of run name -> report excerpt")
+        for report in reports.values():
+            point(report)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ReportError) as e:
+        raise ReportError(f"{path}: {e}") from None
+    return reports
 
 
 def plot(points: dict, path: str, default: str | None = None) -> None:
@@ -85,21 +117,37 @@ def _run_arg(text: str) -> tuple[str, str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=_run_arg, action="append", required=True,
+    parser.add_argument("--run", type=_run_arg, action="append", default=[],
                         metavar="NAME=WORKDIR", help="a run to plot (repeat)")  # fmt: skip
+    parser.add_argument("--points", help="a JSON file of earlier runs' figures (--save-points)")
+    parser.add_argument("--save-points", help="write the plotted runs' figures to this JSON")
     parser.add_argument("--default", help="the NAME to mark as the chosen default")
     parser.add_argument("--out", required=True, help="the PNG to write")
     args = parser.parse_args(argv)
+    if not args.run and not args.points:
+        parser.error("give at least one --run or --points")
+    try:
+        reports = read_points_file(args.points) if args.points else {}
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     runs = dict(args.run)
-    if args.default is not None and args.default not in runs:
-        parser.error(f"--default {args.default!r} is not one of the runs: {', '.join(runs)}")
-    points, skipped = read_points(runs)
+    if args.default is not None and args.default not in {**reports, **runs}:
+        names = ", ".join({**reports, **runs})
+        parser.error(f"--default {args.default!r} is not one of the runs: {names}")
+    read, skipped = read_reports(runs)
+    reports.update(read)
+    points = {name: point(report) for name, report in reports.items()}
     for name, why in skipped.items():
         print(f"left out {name}: {why}", file=sys.stderr)
     if not points:
         print("no run has realism figures: nothing to plot", file=sys.stderr)
         return 1
     plot(points, args.out, args.default)
+    if args.save_points:
+        with open(args.save_points, "w") as f:
+            json.dump(reports, f, indent=1)
+            f.write("\n")
     for name, (fid, match, wrong_fid) in points.items():
         print(f"{name:12s} anonymized FID/blurred {fid:.3f}  match {match:.3f}  "
               f"wrong-password FID/blurred {wrong_fid:.3f}")  # fmt: skip
