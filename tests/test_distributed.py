@@ -50,21 +50,3 @@ def test_srun_steps_of_several_tasks_and_tpu_vms_start_by_themselves():
 def test_incomplete_or_wrong_settings_are_one_line_errors(args, environ, message):
     with pytest.raises(distributed.LaunchError, match=message):
         _plan(*args, environ=environ)
-
-
-def test_main_refuses_an_incomplete_multi_process_start_in_one_line(tmp_path):
-    import subprocess
-    import sys
-
-    from tiny_model import ROOT, subprocess_env
-
-    command = [sys.executable, "-m", "sdn_jax.main", "--config", "configs/tiny.py",
-               f"--workdir={tmp_path / 'run'}", "--num_processes=2"]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "error: a multi-process run needs --coordinator_address, --num_processes and "
-        "--process_id together; missing: --coordinator_address, --process_id"
-    ]
-    assert not (tmp_path / "run").exists()  # nothing written
