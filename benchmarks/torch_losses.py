@@ -128,15 +128,6 @@ def closeness_margin(a, b, margin: float):
     return F.relu(_per_image_l1(a, b) - margin).mean()
 
 
-def explained_share(changes, choices):
-    """losses.explained_share."""
-    flat = changes.reshape(changes.shape[0], -1)
-    design = torch.cat([torch.ones_like(choices[:, :1]), choices], dim=-1)
-    gram = design.T @ design + 1e-4 * torch.eye(design.shape[-1], dtype=design.dtype)
-    fitted = (design @ torch.linalg.solve(gram, design.T)).detach() @ flat
-    return (fitted**2).sum() / ((flat**2).sum() + flat.numel() * 0.01**2)
-
-
 def attribute_bce(logits, targets):
     return F.binary_cross_entropy_with_logits(logits, targets)
 

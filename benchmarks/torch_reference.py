@@ -110,9 +110,6 @@ def generator_terms(nets, x, key: dict, settings: Settings, recolour_critic: boo
         "wrong_diversity": losses.dissimilarity(f_w, f_a.detach()),
         "key_information": losses.key_information(q_logits, key["password"]),
         "recovered_embedding": losses.mismatch(f_r, f_x),
-        "attribute_common_change": losses.explained_share(
-            torch.cat([x_a - x, x_a2 - x]), key["attributes"].repeat(2, 1)
-        ),
     }
     return terms, out, f_x, f_a.detach()
 

@@ -99,12 +99,6 @@ def get_config() -> ml_collections.ConfigDict:
     loss.wrong_diversity = 1.0  # (1 + cos(f(x_W), f(x_A))) / 2
     loss.key_information = 2.0  # BCE of Q's password-bit logits from (x, x_A)
     loss.recovered_embedding = 2.0  # (1 - cos(f(x_R), f(x))) / 2: x_R is x's person
-    # The share of the anonymizing change (x_A - x, x_A2 - x) that the batch's attribute
-    # choices and a constant explain (a least-squares fit over the batch). A folder
-    # anonymized with one --attributes shares that part, and its mean gave it away: the
-    # mean subtracted brought faces 1.0-1.1 dB closer to their originals; 0.2 dB at 10
-    # (e68, two seeds; 3 and 5 left 0.5-0.6 dB).
-    loss.attribute_common_change = 10.0
     # C on real images: a contrastive loss on f(x) (positives: other photos of the person
     # in the batch; a softmax over the training people learned nothing in a short run),
     # the 40 attributes, and the key attributes again at this weight.

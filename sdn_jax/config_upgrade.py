@@ -21,7 +21,7 @@ _LEGACY_VALUES = {
     },
     "data": {"photos_per_person_in_batch": 1, "in_memory_mb": 0.0},
     "train": {"generator_batch_size": None, "classifier_warmup_steps": 0, "ema_decay": 0.0},
-    "loss": {"critic_recolour": 0.0, "classifier_recolour": 0.0, "attribute_common_change": 0.0},
+    "loss": {"critic_recolour": 0.0, "classifier_recolour": 0.0},
     "eval.attacker": {"max_train_images": None},
     # Runs before the realism judge: none (its settings are this version's defaults).
     "eval.report": {"realism": False},
@@ -57,6 +57,7 @@ RETIRED = {
         "identity_removal": 0.0,
         "recovered_identity": 0.0,
         "classifier_identity": 0.0,
+        "attribute_common_change": 0.0,
     },
 }
 

@@ -42,27 +42,6 @@ def closeness_margin(a: jax.Array, b: jax.Array, margin: float) -> jax.Array:
     return jnp.mean(jax.nn.relu(per_image_l1(a, b) - margin))
 
 
-def explained_share(changes: jax.Array, choices: jax.Array, floor: float = 0.01) -> jax.Array:
-    """Share of the changes' energy that a least-squares fit on the choices (and a
-    constant) explains, over the batch: rows are images, `choices` is (batch, k).
-
-    A folder anonymized with one attribute choice lets an attacker subtract the mean
-    change; this share is what that subtraction removes (issue 18), estimated on a batch
-    whose images have random choices each. The fit is the projection onto the choices'
-    span (the hat matrix, batch x batch, from the choices alone): a solve against the
-    changes themselves cost a fifth of a training step on a CPU, in its gradient.
-    `floor` (per pixel, in the changes' units) is added to the energy below the line:
-    the share of a near-zero change (G's first steps) is noise, and its gradient, which
-    grows as 1 / |change|, would swamp every other term there.
-    """
-    flat = changes.reshape(changes.shape[0], -1)
-    design = jnp.concatenate([jnp.ones_like(choices[:, :1]), choices], axis=-1)
-    gram = design.T @ design + 1e-4 * jnp.eye(design.shape[-1], dtype=design.dtype)
-    hat = jax.lax.stop_gradient(design @ jnp.linalg.solve(gram, design.T))
-    fitted = hat @ flat
-    return jnp.sum(fitted**2) / (jnp.sum(flat**2) + flat.size * floor**2)
-
-
 def attribute_bce(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Binary cross-entropy of attribute logits against 0/1 targets (multi-label)."""
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets))

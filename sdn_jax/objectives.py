@@ -85,9 +85,6 @@ def generator_terms(params, networks, batch, key, settings: Settings, rng=None):
         "wrong_diversity": losses.dissimilarity(f_w, jax.lax.stop_gradient(f_a)),
         "key_information": losses.key_information(q_logits, key["password"]),
         "recovered_embedding": losses.mismatch(f_r, f_x),
-        "attribute_common_change": losses.explained_share(
-            jnp.concatenate([x_a - x, x_a2 - x]), jnp.tile(key["attributes"], (2, 1))
-        ),
     }
     return terms, out, dict(f_x=f_x, f_a=jax.lax.stop_gradient(f_a))
 

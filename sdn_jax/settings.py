@@ -115,7 +115,6 @@ class Loss:
     wrong_diversity: float
     key_information: float
     recovered_embedding: float
-    attribute_common_change: float
     classifier_contrastive: float
     contrastive_temperature: float
     classifier_key_attributes: float

@@ -184,28 +184,3 @@ def test_supervised_contrastive_matches_numpy_and_ignores_rows_without_positives
     # Pulling each pair together (and the pairs apart) lowers it.
     tidy = f32([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1]])
     assert float(losses.supervised_contrastive(tidy, jnp.asarray(labels), t)) < float(got)
-
-
-def test_explained_share_is_what_subtracting_the_choice_means_removes():
-    rng = np.random.default_rng(0)
-    choices = rng.choice([-0.5, 0.5], size=(64, 3))
-    overlay = rng.normal(size=(3, 4, 4, 3))  # what each choice draws, on every image
-    per_image = rng.normal(size=(64, 4, 4, 3))  # what depends on the image alone
-    drawn = np.einsum("bk,khwc->bhwc", choices, overlay) + 0.3  # + a change common to all
-    assert float(losses.explained_share(jnp.asarray(drawn), jnp.asarray(choices))) > 0.999
-    share = float(losses.explained_share(jnp.asarray(drawn + per_image), jnp.asarray(choices)))
-    expected = np.sum(drawn**2) / np.sum((drawn + per_image) ** 2)
-    # The fit also takes the per-image part's chance alignment with 4 regressors in 64 rows.
-    assert expected - 0.02 < share < expected + 4 / 64 + 0.02
-    # A batch with nothing in common but chance: about (regressors / rows) of the energy.
-    chance = float(losses.explained_share(jnp.asarray(per_image), jnp.asarray(choices)))
-    assert chance < 2 * 4 / 64
-
-
-def test_explained_share_of_a_near_zero_change_is_near_zero_with_a_bounded_gradient():
-    rng = np.random.default_rng(1)
-    choices = jnp.asarray(rng.choice([-0.5, 0.5], size=(16, 2)))
-    tiny = jnp.asarray(1e-5 * rng.normal(size=(16, 4, 4, 3)) + 1e-5)  # common, but ~0
-    assert float(losses.explained_share(tiny, choices)) < 1e-4
-    gradient = jax.grad(losses.explained_share)(tiny, choices)
-    assert float(jnp.max(jnp.abs(gradient))) < 1.0  # without the floor: ~1e4

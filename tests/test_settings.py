@@ -142,8 +142,7 @@ def _old_config() -> dict:
     for section, field in [("model", "recovery"), ("model", "key_features"),
                            ("model", "classifier_embedding_head"),
                            ("train", "generator_batch_size"), ("train", "ema_decay"),
-                           ("loss", "critic_recolour"), ("loss", "attribute_common_change"),
-                           ("eval", "realism")]:  # fmt: skip
+                           ("loss", "critic_recolour"), ("eval", "realism")]:  # fmt: skip
         del raw[section][field]
     del raw["eval"]["report"]["realism"]
     raw["model"].update(warp_pixels=0.0, linear_range=0.0)
@@ -160,7 +159,6 @@ def test_upgrade_fills_what_an_old_run_predates_and_drops_neutral_retired_fields
     assert upgraded["train"]["generator_batch_size"] is None
     assert upgraded["train"]["ema_decay"] == 0.0
     assert upgraded["loss"]["critic_recolour"] == 0.0
-    assert upgraded["loss"]["attribute_common_change"] == 0.0
     # No realism judge before it existed; its settings get this version's defaults.
     assert upgraded["eval"]["report"]["realism"] is False
     assert upgraded["eval"]["realism"] == default.get_config().eval.realism.to_dict()

@@ -266,14 +266,13 @@ def test_generator_loss_weights_and_ramps_its_terms(settings, networks, params):
     everything = image_terms + sum(
         getattr(w, name) * terms[name]
         for name in ("adversarial", "attributes", "identity_embedding", "club", "diversity",
-                     "wrong_diversity", "key_information", "recovered_embedding",
-                     "attribute_common_change")
+                     "wrong_diversity", "key_information", "recovered_embedding")
     )  # fmt: skip
     np.testing.assert_allclose(float(late), everything, rtol=1e-5)
     assert sorted(terms) == sorted(
         ["adversarial", "recovery", "keep_anonymized", "change_anonymized", "wrong_distance",
          "attributes", "identity_embedding", "club", "diversity", "wrong_diversity",
-         "key_information", "recovered_embedding", "attribute_common_change"]
+         "key_information", "recovered_embedding"]
     )  # fmt: skip
     # The fakes are x_A, x_R, x_W of the batch, detached for D and C.
     assert late_aux["fakes"].shape == (24, *batch["image"].shape[1:])
