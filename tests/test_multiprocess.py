@@ -18,6 +18,12 @@ TOLERANCE = 1e-4  # relative, per loss; reassociation over devices is ~1e-6 here
 # Absolute, for losses near 0 (the CLUB bound, ~-0.02: 4 devices against 1 moved it by
 # 3e-6 at step 6, 1.4e-4 of its value).
 ABSOLUTE = 1e-5
+# From step 5 on, Adam has turned reassociation noise in near-zero gradients into
+# lr-sized steps (ENV_NOTES), and the losses drift apart: on another 2-core CPU (session
+# 17) 2 processes against 1 differed at step 6 by up to 2.4e-3 of the CLUB bound and
+# 2.1e-3 of the change margin, 1e-6 before. A sharding bug (a half batch, a missing
+# all-reduce) moves losses by far more.
+LATE_STEP, LATE_TOLERANCE, LATE_ABSOLUTE = 5, 1e-2, 1e-4
 
 
 def _ok(job):
@@ -30,9 +36,11 @@ def _assert_close(actual: dict, expected: dict, steps) -> None:
     for step in steps:
         losses = {k: v for k, v in expected[step].items() if k.startswith("loss/")}
         assert losses, f"no losses logged at step {step}"
+        late = step >= LATE_STEP
+        rel_tol, abs_tol = (LATE_TOLERANCE, LATE_ABSOLUTE) if late else (TOLERANCE, ABSOLUTE)
         for key, value in losses.items():
             got = actual[step][key]
-            assert math.isclose(got, value, rel_tol=TOLERANCE, abs_tol=ABSOLUTE), (
+            assert math.isclose(got, value, rel_tol=rel_tol, abs_tol=abs_tol), (
                 f"step {step} {key}: {got} vs {value}"
             )
 
