@@ -144,14 +144,14 @@ def classifier_loss(classifier, batch: dict, settings: Settings, recolour_copy: 
     return total, c.embedding
 
 
-def critics_loss(nets, batch: dict, fakes, settings: Settings):
+def critics_loss(nets, batch: dict, fakes, settings: Settings, recolour_copy: bool = True):
     """objectives.discriminator_classifier_loss: D on G's share and the fakes; C on the
     whole batch and linking x_A and x_W back to f(x)."""
     every = generator_every(settings)
     d_loss = losses.lsgan_discriminator(
         nets["discriminator"](batch["image"][::every]), nets["discriminator"](fakes)
     )
-    c_real, f_x = classifier_loss(nets["classifier"], batch, settings)
+    c_real, f_x = classifier_loss(nets["classifier"], batch, settings, recolour_copy)
     anonymized, _, wrong = fakes.chunk(3)
     f_a, f_w = nets["classifier"](torch.cat([anonymized, wrong])).embedding.chunk(2)
     f_x = f_x[::every].detach()

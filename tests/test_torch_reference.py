@@ -202,6 +202,35 @@ def test_generator_terms_match(default_settings, copied):
         )
 
 
+def test_critics_loss_matches(default_settings, copied):
+    """D's and C's update loss on the same weights, batch and fakes. Recolouring is off
+    on both sides (JAX: no rng)."""
+    networks, params, nets = copied
+    settings = default_settings
+    batch = _batch(settings)
+    every = torch_reference.generator_every(settings)
+    rng = np.random.default_rng(2)
+    fakes = rng.uniform(-1, 1, (3 * len(batch["image"]) // every, *batch["image"].shape[1:]))
+    fakes = fakes.astype(np.float32)
+    dc_params = {name: params[name] for name in ("discriminator", "classifier")}
+
+    @fast_jit
+    def loss(dc_params, batch, fakes):
+        return objectives.discriminator_classifier_loss(dc_params, networks, batch, fakes, settings)
+
+    expected, _ = loss(dc_params, batch, fakes)
+    torch_batch = {
+        "image": _nchw(batch["image"]),
+        "identity": torch.from_numpy(batch["identity"].astype(np.int64)),
+        "attributes": torch.from_numpy(batch["attributes"].astype(np.float32)),
+    }
+    with torch.no_grad():
+        got = torch_reference.critics_loss(
+            nets, torch_batch, _nchw(fakes), settings, recolour_copy=False
+        )
+    np.testing.assert_allclose(got.item(), float(expected), rtol=1e-4)
+
+
 def test_recolour_matches_augment():
     """torch_losses.recolour on augment.recolour's own random numbers."""
     rng = jax.random.key(7)
