@@ -159,6 +159,18 @@ def critics_loss(nets, batch: dict, fakes, settings: Settings, recolour_copy: bo
     return d_loss + c_real + settings.loss.classifier_adversarial * c_adversarial
 
 
+def torch_batch(batch: dict, channels_last: bool = False) -> dict:
+    """A numpy batch (NHWC images, as random_batch makes) as torch tensors."""
+    images = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2)))
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return {
+        "image": images,
+        "identity": torch.from_numpy(np.asarray(batch["identity"], np.int64)),
+        "attributes": torch.from_numpy(np.asarray(batch["attributes"], np.float32)),
+    }
+
+
 def club_loss(club, f_x, f_a):
     mean, log_var = club(f_x)
     return -losses.gaussian_log_likelihood(mean, log_var, f_a).mean()
@@ -221,15 +233,7 @@ class Trainer:
         self._generator, self._critics, self._club = losses
 
     def batch(self, batch: dict) -> dict:
-        """A numpy batch (NHWC images, as random_batch makes) as torch tensors."""
-        images = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2)))
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return {
-            "image": images,
-            "identity": torch.from_numpy(np.asarray(batch["identity"], np.int64)),
-            "attributes": torch.from_numpy(np.asarray(batch["attributes"], np.float32)),
-        }
+        return torch_batch(batch, self.channels_last)
 
     def step(self, batch: dict) -> dict:
         """One full step on a `self.batch(...)` batch; returns the three losses."""

@@ -219,14 +219,9 @@ def test_critics_loss_matches(default_settings, copied):
         return objectives.discriminator_classifier_loss(dc_params, networks, batch, fakes, settings)
 
     expected, _ = loss(dc_params, batch, fakes)
-    torch_batch = {
-        "image": _nchw(batch["image"]),
-        "identity": torch.from_numpy(batch["identity"].astype(np.int64)),
-        "attributes": torch.from_numpy(batch["attributes"].astype(np.float32)),
-    }
     with torch.no_grad():
         got = torch_reference.critics_loss(
-            nets, torch_batch, _nchw(fakes), settings, recolour_copy=False
+            nets, torch_reference.torch_batch(batch), _nchw(fakes), settings, recolour_copy=False
         )
     np.testing.assert_allclose(got.item(), float(expected), rtol=1e-4)
 
