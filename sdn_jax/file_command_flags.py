@@ -34,7 +34,8 @@ def build_parser(prog: str, description: str, anonymizing: bool) -> argparse.Arg
         "--attributes",
         default="",
         metavar="NAME=0/1,...",
-        help="values of the run's key attributes (part of the key); omitted ones are 0",
+        help="values of the run's key attributes (part of the key); omitted ones are "
+        "drawn from each image's key, so a folder shares no attribute choice (README)",
     )
     parser.add_argument(
         "--input", nargs="+", required=True, metavar="PATH", help="image files and/or folders"

@@ -143,15 +143,15 @@ def _checked(check, value, what: str):
 
 class KeyMaker:
     """The password vectors of one passphrase, derived once per (KDF version, salt):
-    scrypt is slow on purpose (~0.4 s a derivation at version 2), an album has one salt,
+    scrypt is slow on purpose (~0.4 s a derivation at versions 2 and 3), an album has one salt,
     and version 1 has one for everyone."""
 
-    def __init__(self, passphrase: str, choices: Mapping[str, bool], model: inference.Model):
+    def __init__(self, passphrase: str, choices: Mapping[str, bool | None], model: inference.Model):
         self._passphrase, self._choices, self._model = passphrase, choices, model.model_settings
         self._cache: dict = {}
         self.seconds = 0.0  # spent deriving
         passphrase_lib.encode_passphrase(passphrase)  # ValueError now, not at the first image
-        self.attributes = passphrase_lib.attributes_to_vector(choices, self._model.key_attributes)
+        passphrase_lib.attributes_to_vector(choices, self._model.key_attributes)  # checked now
 
     def key(self, version: int, salt: bytes | None) -> inference.Key:
         if (version, salt) not in self._cache:
@@ -163,9 +163,13 @@ class KeyMaker:
         return self._cache[version, salt]
 
     def passwords(self, sources) -> inference.Key:
-        """One Key for a batch: a password row per (version, salt) in `sources`."""
-        rows = np.stack([self.key(version, salt).password for version, salt in sources])
-        return inference.Key(password=rows, attributes=self.attributes)
+        """One Key for a batch: a password and attribute row per (version, salt) in
+        `sources` (unchosen attributes differ by salt from version 3 on)."""
+        keys = [self.key(version, salt) for version, salt in sources]
+        return inference.Key(
+            password=np.stack([k.password for k in keys]),
+            attributes=np.stack([k.attributes for k in keys]),
+        )
 
     def __repr__(self) -> str:
         return "KeyMaker(<secret>)"

@@ -41,9 +41,10 @@ class UsageError(Exception):
     """The command cannot run as given (exit 2); str() says why."""
 
 
-def parse_attributes(text: str, key_attributes) -> dict[str, bool]:
-    """--attributes for this run's key attributes; omitted ones are False."""
-    defaults = {name: False for name in key_attributes}
+def parse_attributes(text: str, key_attributes) -> dict[str, bool | None]:
+    """--attributes for this run's key attributes; omitted ones are None: unchosen, drawn
+    from each image's key (KDF version 3; 0 in images of versions 1 and 2)."""
+    defaults = {name: None for name in key_attributes}
     try:
         return passphrase_lib.parse_attribute_choices(text, key_attributes, defaults)
     except ValueError as error:

@@ -50,7 +50,8 @@ class LoadError(Exception):
 @dataclasses.dataclass(frozen=True, repr=False)
 class Key:
     """The decoder's key: password (K,) and attribute choices (A,), each {-0.5, +0.5}.
-    password may also be (N, K): one per image (each image's own salt)."""
+    Either may also be one row per image, (N, K) / (N, A): each image's own salt, and
+    the attributes it drew from its key."""
 
     password: np.ndarray
     attributes: np.ndarray
@@ -70,16 +71,20 @@ class RunConfig:
 
 def make_key(
     passphrase: str,
-    choices: Mapping[str, bool],
+    choices: Mapping[str, bool | None],
     model: settings_lib.Model,
     *,
     salt: bytes | None = None,
     kdf_version: int = passphrase_lib.KDF_VERSION,
 ) -> Key:
     """The Key of a passphrase and salt (scrypt at a KDF version: sdn_jax.passphrase; the
-    current version needs a salt, version 1 takes none) and {attribute: bool}."""
-    bits = passphrase_lib.password_bits(passphrase, model.password_bits, salt, kdf_version)
-    attributes = passphrase_lib.attributes_to_vector(choices, model.key_attributes)
+    current version needs a salt, version 1 takes none) and {attribute: bool, or None:
+    unchosen, drawn from the key (version 3) or 0 (versions 1 and 2)}."""
+    names = model.key_attributes
+    bits, drawn = passphrase_lib.key_bits(
+        passphrase, model.password_bits, len(names), salt, kdf_version
+    )
+    attributes = passphrase_lib.attributes_to_vector(choices, names, drawn)
     return Key(password=passphrase_lib.bits_to_vector(bits), attributes=attributes)
 
 
@@ -155,8 +160,9 @@ class Model:
         if images.size and not (images.min() >= -1.0 and images.max() <= 1.0):
             raise ValueError("images must be in [-1, 1]")
         bits, count = self.run.model.password_bits, len(self.key_attributes)
-        if key.password.shape not in ((bits,), (len(images), bits)) or key.attributes.shape != (
-            count,
+        if key.password.shape not in ((bits,), (len(images), bits)) or key.attributes.shape not in (
+            (count,),
+            (len(images), count),
         ):
             raise ValueError("the key was made for another model configuration or image count")
         if not len(images):

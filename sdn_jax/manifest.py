@@ -32,7 +32,7 @@ _SHOWN_PROBLEMS = 5
 RESUME_FIELDS = ("tool", "fingerprint", "step", "image_size", "attributes", "fit")
 
 
-def header(tool: str, model, choices: Mapping[str, bool], **more) -> dict:
+def header(tool: str, model, choices: Mapping[str, bool | None], **more) -> dict:
     """The fields that describe a run of a command (`more`: kdf, fit)."""
     return {
         "tool": tool,
@@ -42,7 +42,7 @@ def header(tool: str, model, choices: Mapping[str, bool], **more) -> dict:
         "step": model.step,
         "fingerprint": model.fingerprint,
         "image_size": model.image_size,
-        "attributes": dict(choices),
+        "attributes": dict(choices),  # None (null): unchosen, drawn from each image's key
         **more,
     }
 
@@ -131,8 +131,8 @@ def _attributes(value) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"is {_show(value)}, not an object")
     for name, chosen in value.items():
-        if not isinstance(chosen, bool):
-            raise ValueError(f".{name} is {_show(chosen)}, not true or false")
+        if not (chosen is None or isinstance(chosen, bool)):
+            raise ValueError(f".{name} is {_show(chosen)}, not true, false or null")
     return value
 
 
@@ -141,7 +141,8 @@ def _kdf(value) -> dict:
         raise ValueError(f"is {_show(value)}, not an object")
     salt = _hex(2 * passphrase_lib.SALT_BYTES)
     checks = {"version": _number, "algorithm": _text, "n": _number, "r": _number,
-              "p": _number, "salt": _text, "album_salt": salt}  # fmt: skip
+              "p": _number, "salt": _text, "album_salt": salt,
+              "unchosen_attributes": _text}  # fmt: skip
     for field, check in checks.items():
         if field in value:
             try:
@@ -232,10 +233,22 @@ def read(path: str) -> Recorded | None:
 
 
 def _attribute_text(choices: Mapping) -> str:
-    return ",".join(f"{name}={int(value)}" for name, value in choices.items())
+    """The --attributes that give `choices` ("none" when every one is unchosen)."""
+    given = [f"{name}={int(value)}" for name, value in choices.items() if value is not None]
+    return ",".join(given) or "none"
 
 
-def recovery_warnings(recorded: Recorded, model, choices: Mapping[str, bool]) -> list[str]:
+def _as_recovered(choices: Mapping, kdf) -> list:
+    """`choices`' values as a recovery under the manifest's KDF record uses them: an
+    unchosen attribute is 0 before version 3 (drawn from the key from then on)."""
+    try:  # no record: a manifest from before salts (version 1)
+        draws = passphrase_lib.draws_attributes(kdf.get("version")) if kdf else False
+    except (AttributeError, ValueError):  # a bad record: already a warning of its own
+        draws = True
+    return [False if value is None and not draws else value for value in choices.values()]
+
+
+def recovery_warnings(recorded: Recorded, model, choices: Mapping[str, bool | None]) -> list[str]:
     """What differs between the anonymize run that a manifest beside deanonymize's inputs
     records and this recovery: each a line ("warning: ..." or "note: ...")."""
     f, where = recorded.fields, recorded.path
@@ -268,10 +281,11 @@ def recovery_warnings(recorded: Recorded, model, choices: Mapping[str, bool]) ->
                 f"warning: {where} names the key attributes {', '.join(recorded_names)} (in "
                 f"this order); this run's are {', '.join(names)}: another run's key"
             )
-        elif list(f["attributes"].values()) != list(choices.values()):
+        elif _as_recovered(f["attributes"], f.get("kdf")) != _as_recovered(choices, f.get("kdf")):
             lines.append(
                 f"warning: {where} says they were anonymized with --attributes "
-                f"{_attribute_text(f['attributes'])}; other attributes recover other faces"
+                f"{_attribute_text(f['attributes'])} (this recovery: "
+                f"{_attribute_text(choices)}); other attributes recover other faces"
             )
     if "kdf" in f:
         try:

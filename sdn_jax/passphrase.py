@@ -8,7 +8,11 @@ from these vectors and samples the keys of training.
 
 KDF versions: 1 (one constant salt for everyone, N = 2^14) is kept only so that images
 anonymized with it still recover; 2 (a fresh random 128-bit salt per image, N = 2^17)
-makes every guess cost ~0.4 s here and every image its own dictionary attack.
+makes every guess cost ~0.4 s here and every image its own dictionary attack; 3 (2's
+scrypt) also draws the key attributes the user leaves unchosen from the same derivation,
+so each image (each album) gets its own, secret attribute values: a folder then shares
+no attribute choice whose common change an attacker could average and subtract (README
+"The key"). Under versions 1 and 2 an unchosen attribute is 0.
 
 Secrecy: nothing derived from a passphrase is logged, printed, stored or put into an
 exception message by this module.
@@ -30,7 +34,7 @@ from sdn_jax.data.attributes import attribute_indices
 # version. The parameters are looked up by version number, never read from a file: a
 # file naming a weak N would turn a recovered image that someone sees into a cheap test
 # of passphrase guesses, and a huge one would exhaust memory (README "The key").
-KDF_VERSION = 2  # what new outputs use
+KDF_VERSION = 3  # what new outputs use
 SALT_BYTES = 16  # 128 bits, from the OS's CSPRNG (new_salt)
 KDF_VERSIONS: Mapping[int, Mapping[str, object]] = types.MappingProxyType(
     {
@@ -38,9 +42,15 @@ KDF_VERSIONS: Mapping[int, Mapping[str, object]] = types.MappingProxyType(
         1: types.MappingProxyType({"salt": b"sdn-jax/password-key/v1", "n": 2**14, "r": 8, "p": 1}),
         # salt None: each image's own (SALT_BYTES); 128 * r * n = 128 MiB per guess.
         2: types.MappingProxyType({"salt": None, "n": 2**17, "r": 8, "p": 1}),
+        # 2, and the unchosen key attributes drawn from the key (UNCHOSEN_FROM_KEY).
+        3: types.MappingProxyType(
+            {"salt": None, "n": 2**17, "r": 8, "p": 1, "unchosen_attributes": "key"}
+        ),
     }
 )
+UNCHOSEN_FROM_KEY = "key"  # a version's "unchosen_attributes": drawn from the derivation
 MAX_PASSWORD_BITS = 512
+MAX_KEY_ATTRIBUTES = 64  # what one derivation can draw (CelebA has 40 attributes)
 MIN_PASSPHRASE_CHARS = 12  # below this, or with fewer than MIN_DISTINCT_CHARS, a warning
 MIN_DISTINCT_CHARS = 5
 
@@ -61,7 +71,15 @@ def kdf_params(version: int) -> Mapping[str, object]:
 def kdf_record(version: int = KDF_VERSION) -> dict:
     """What outputs record of how their key was derived (not the salt): public."""
     params = kdf_params(version)
-    return {"version": version, "algorithm": "scrypt", **{k: params[k] for k in "nrp"}}
+    record = {"version": version, "algorithm": "scrypt", **{k: params[k] for k in "nrp"}}
+    if draws_attributes(version):
+        record["unchosen_attributes"] = params["unchosen_attributes"]
+    return record
+
+
+def draws_attributes(version: int) -> bool:
+    """Whether a KDF version draws the unchosen key attributes from the key (else 0)."""
+    return kdf_params(version).get("unchosen_attributes") == UNCHOSEN_FROM_KEY
 
 
 def check_kdf_record(record) -> int:
@@ -91,12 +109,25 @@ def password_bits(
     passphrase: str, num_bits: int, salt: bytes | None = None, version: int = KDF_VERSION
 ) -> np.ndarray:
     """scrypt(NFC-normalised UTF-8 passphrase, salt) as num_bits uint8 {0,1}, most
-    significant first, at a KDF version: 1 takes no salt (its constant), 2 needs one of
-    SALT_BYTES bytes.
+    significant first, at a KDF version: 1 takes no salt (its constant), 2 and 3 need
+    one of SALT_BYTES bytes.
 
     A shorter key is a prefix of a longer one for the same passphrase and salt (scrypt's
     output does not depend on its length), which is harmless: the passphrase is the secret.
     """
+    return key_bits(passphrase, num_bits, 0, salt, version)[0]
+
+
+def key_bits(
+    passphrase: str,
+    num_bits: int,
+    num_attributes: int,
+    salt: bytes | None = None,
+    version: int = KDF_VERSION,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(password bits, drawn attribute bits) of one scrypt derivation: the password is
+    its first num_bits bits; at a version that draws_attributes, the num_attributes bits
+    after the password's bytes are the values of unchosen key attributes (else None)."""
     if (
         isinstance(num_bits, bool)
         or not isinstance(num_bits, int | np.integer)
@@ -106,6 +137,8 @@ def password_bits(
         raise ValueError(
             f"num_bits must be a positive multiple of 8 up to {MAX_PASSWORD_BITS}, got {num_bits!r}"
         )
+    if not 0 <= num_attributes <= MAX_KEY_ATTRIBUTES:
+        raise ValueError(f"at most {MAX_KEY_ATTRIBUTES} key attributes, got {num_attributes}")
     secret = encode_passphrase(passphrase)
     params = kdf_params(version)
     if params["salt"] is not None:
@@ -115,10 +148,15 @@ def password_bits(
     elif not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
         raise ValueError(f"key derivation version {version} needs a {SALT_BYTES}-byte salt")
     n, r, p = params["n"], params["r"], params["p"]
-    derived = hashlib.scrypt(
-        secret, salt=salt, n=n, r=r, p=p, maxmem=2 * 128 * r * n, dklen=num_bits // 8
-    )  # maxmem: twice scrypt's 128 * r * n bytes (OpenSSL's default, 32 MiB, is too little)
-    return np.unpackbits(np.frombuffer(derived, np.uint8))
+    drawn = draws_attributes(version) and num_attributes > 0
+    attribute_bytes = -(-num_attributes // 8) if drawn else 0
+    # maxmem: twice scrypt's 128 * r * n bytes (OpenSSL's default, 32 MiB, is too little)
+    dklen = num_bits // 8 + attribute_bytes
+    derived = hashlib.scrypt(secret, salt=salt, n=n, r=r, p=p, maxmem=2 * 128 * r * n, dklen=dklen)
+    bits = np.unpackbits(np.frombuffer(derived, np.uint8))
+    if not draws_attributes(version):
+        return bits[:num_bits], None
+    return bits[:num_bits], bits[num_bits : num_bits + num_attributes]
 
 
 def encode_passphrase(passphrase: str) -> bytes:
@@ -202,7 +240,7 @@ def parse_attribute_choices(
 
     Names match case-insensitively; values are 1/0, true/false or yes/no. The result is
     part of the key, so nothing is silently assumed: a key attribute not in `text` is an
-    error unless `defaults` gives its value.
+    error unless `defaults` gives its value (None: unchosen, attributes_to_vector).
     """
     names = _key_attribute_names(key_attributes)
     canonical = {name.lower(): name for name in names}
@@ -229,18 +267,33 @@ def parse_attribute_choices(
     missing = [n for n in names if n not in given and n not in defaults]
     if missing:
         raise ValueError(f"No value given for key attribute(s) {missing} (and no default)")
-    return {n: given[n] if n in given else _parse_bool(n, defaults[n]) for n in names}
+    return {
+        n: given[n] if n in given else None if defaults[n] is None else _parse_bool(n, defaults[n])
+        for n in names
+    }
 
 
-def attributes_to_vector(choices: Mapping[str, bool], key_attributes: Sequence[str]) -> np.ndarray:
-    """{name: bool} with exactly the key attributes -> float32 {-0.5, +0.5} in their order."""
+def attributes_to_vector(
+    choices: Mapping[str, bool | None], key_attributes: Sequence[str], drawn_bits=None
+) -> np.ndarray:
+    """{name: bool, or None: unchosen} with exactly the key attributes -> float32
+    {-0.5, +0.5} in their order. An unchosen attribute takes its bit of `drawn_bits`
+    (key_bits' drawn attributes, in key_attributes order) or, without them, 0."""
     names = _key_attribute_names(key_attributes)
     missing, extra = [n for n in names if n not in choices], sorted(set(choices) - set(names))
     if missing or extra:
         raise ValueError(
             f"choices must name exactly {list(names)}; missing {missing}, extra {extra}"
         )
-    return np.array([0.5 if _parse_bool(n, choices[n]) else -0.5 for n in names], np.float32)
+    if drawn_bits is not None and len(drawn_bits) != len(names):
+        raise ValueError(f"{len(drawn_bits)} drawn attribute bits for {len(names)} attributes")
+    values = [
+        (bool(drawn_bits[i]) if drawn_bits is not None else False)
+        if choices[n] is None
+        else _parse_bool(n, choices[n])
+        for i, n in enumerate(names)
+    ]
+    return np.array([0.5 if v else -0.5 for v in values], np.float32)
 
 
 def vector_to_attributes(vector, key_attributes: Sequence[str]) -> dict[str, bool]:

@@ -23,7 +23,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from sdn_jax import anonymize, deanonymize, image_files, inference, passphrase
+from sdn_jax import anonymize, deanonymize, file_keys, image_files, inference, passphrase
 from sdn_jax import manifest as manifest_lib
 from sdn_jax.evaluation.metrics import psnr
 from sdn_jax.images import from_uint8, to_uint8
@@ -36,12 +36,12 @@ CHOICES = {"Smiling": True, "Eyeglasses": False}
 
 
 REAL_KDF = passphrase.KDF_VERSIONS
-FAST_KDF = {**REAL_KDF, 2: {**REAL_KDF[2], "n": 2**10}}
+FAST_KDF = {**REAL_KDF, **{v: {**REAL_KDF[v], "n": 2**10} for v in (2, 3)}}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def fast_kdf():
-    """Version 2 at N = 2^10 for this module's commands (and their manifests and PNGs)."""
+    """Versions 2 and 3 at N = 2^10 for this module's commands (and their manifests and PNGs)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(passphrase, "KDF_VERSIONS", FAST_KDF)
         yield
@@ -90,12 +90,14 @@ def _salt_of(path: Path) -> str:
         return image.text["sdn_jax.salt"]
 
 
-def _keys(model, manifest: dict, names, passphrase_=PASSPHRASE) -> inference.Key:
+def _keys(model, manifest: dict, names, passphrase_=PASSPHRASE, choices=CHOICES) -> inference.Key:
     """The per-image Key of the outputs `names` of an anonymize manifest."""
     salts = {e["output"]: bytes.fromhex(e["salt"]) for e in manifest["images"] if "output" in e}
-    keys = [inference.make_key(passphrase_, CHOICES, model.model_settings, salt=salts[n])
+    keys = [inference.make_key(passphrase_, choices, model.model_settings, salt=salts[n])
             for n in names]  # fmt: skip
-    return inference.Key(np.stack([k.password for k in keys]), keys[0].attributes)
+    return inference.Key(
+        np.stack([k.password for k in keys]), np.stack([k.attributes for k in keys])
+    )
 
 
 def _digests(folder: Path) -> dict:
@@ -178,14 +180,14 @@ def test_anonymize_writes_pngs_and_the_manifest(anonymized, photos, trained_run)
     assert manifest == {
         "tool": "sdn_jax.anonymize",
         "version": "0.1.0",
-        "kdf_version": 2,
+        "kdf_version": 3,
         "run": str(trained_run),
         "step": 6,
         "fingerprint": inference.load(trained_run).fingerprint,
         "image_size": 32,
         "attributes": CHOICES,
-        "kdf": {"version": 2, "algorithm": "scrypt", "n": 2**10, "r": 8, "p": 1,
-                "salt": "one per image"},
+        "kdf": {"version": 3, "algorithm": "scrypt", "n": 2**10, "r": 8, "p": 1,
+                "unchosen_attributes": "key", "salt": "one per image"},
         "fit": "crop",
         "complete": True,
         "num_succeeded": 6,
@@ -320,7 +322,7 @@ def test_deanonymize_names_what_differs_in_the_manifest_beside_its_inputs(
     assert result.code == 0 and "Traceback" not in result.err
     for problem in (
         "step is a list, not a whole number: ignored",
-        "attributes.Smiling is 'maybe', not true or false: ignored",
+        "attributes.Smiling is 'maybe', not true, false or null: ignored",
         "kdf is 'scrypt', not an object: ignored",
         "images[0].salt is 'zz', not 32 hex digits: ignored",
         "images[1] is a list, not an object: ignored",
@@ -361,7 +363,58 @@ def test_salts_from_the_manifest_and_images_of_kdf_version_1(
     assert (rec / "face0.png").read_bytes() == (recovered["right"][0] / "face0.png").read_bytes()
     expected = to_uint8(model.recover(from_uint8(_pixels(old / "face1.png")[None]), v1))[0]
     assert np.abs(_pixels(rec / "face1.png").astype(int) - expected).max() <= 1
-    assert [e["kdf_version"] for e in _manifest(rec)["images"]] == [2, 1]
+    assert [e["kdf_version"] for e in _manifest(rec)["images"]] == [3, 1]
+
+
+def test_unchosen_attributes_are_drawn_from_each_images_key(
+    trained_run, photos, keyfiles, model, tmp_path
+):
+    """`--attributes Smiling=1` leaves Eyeglasses unchosen: each image draws it from its
+    own key (the manifest says null, never the value), so a folder shares no attribute
+    choice; the same flag recovers, choosing it warns. A version-2 image recovers with
+    the unchosen attribute at 0, as it was made."""
+    out, rec = tmp_path / "out", tmp_path / "rec"
+    choices = {"Smiling": True, "Eyeglasses": None}
+    flags = ("--workdir", trained_run, "--password-file", keyfiles[PASSPHRASE])
+    result = _run(anonymize.main, *flags, "--attributes", "Smiling=1", "--input", photos,
+                  "--output", out)  # fmt: skip
+    assert result.code == 0, result.err
+    manifest = _manifest(out)
+    assert manifest["attributes"] == choices
+    names = [e["output"] for e in manifest["images"]]
+    key = _keys(model, manifest, names, choices=choices)
+    assert (key.attributes[:, 0] == 0.5).all()
+    originals = _fitted_originals(photos, manifest)
+    x = from_uint8(np.stack([originals[n] for n in names]))
+    files = np.stack([_pixels(out / n) for n in names])
+    assert np.abs(files.astype(int) - to_uint8(model.anonymize(x, key))).max() <= 1
+    # Other salts, other draws (fixed salts: both values occur among these eight).
+    drawn = {inference.make_key(PASSPHRASE, choices, model.model_settings,
+                                salt=bytes([i]) * 16).attributes[1] for i in range(8)}  # fmt: skip
+    assert drawn == {-0.5, 0.5}
+
+    result = _run(deanonymize.main, *flags, "--attributes", "Smiling=1", "--input", out,
+                  "--output", rec)  # fmt: skip
+    assert result.code == 0 and "warning" not in result.err, result.err
+    expected = to_uint8(model.recover(from_uint8(files), key))
+    assert np.abs(np.stack([_pixels(rec / n) for n in names]).astype(int) - expected).max() <= 1
+    result = _run(deanonymize.main, *flags, "--attributes", "Smiling=1,Eyeglasses=0", "--input",
+                  out, "--output", tmp_path / "rec0")  # fmt: skip
+    assert "anonymized with --attributes Smiling=1 (this recovery: Smiling=1,Eyeglasses=0)" in (
+        result.err
+    )
+
+    old, salt = tmp_path / "v2", passphrase.new_salt()
+    old.mkdir()
+    v2 = inference.make_key(PASSPHRASE, choices, model.model_settings, salt=salt, kdf_version=2)
+    assert v2.attributes.tolist() == [0.5, -0.5]
+    image_files.write_png(old / "face0.png", to_uint8(model.anonymize(x[:1], v2))[0], False,
+                          file_keys.png_text(salt, 2))  # fmt: skip
+    result = _run(deanonymize.main, *flags, "--attributes", "Smiling=1", "--input", old,
+                  "--output", tmp_path / "rec_v2")  # fmt: skip
+    assert result.code == 0, result.err
+    expected = to_uint8(model.recover(from_uint8(_pixels(old / "face0.png")[None]), v2))[0]
+    assert np.abs(_pixels(tmp_path / "rec_v2" / "face0.png").astype(int) - expected).max() <= 1
 
 
 def test_deanonymize_refuses_other_sizes_and_warns_of_jpegs(

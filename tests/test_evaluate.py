@@ -307,7 +307,13 @@ def test_evaluate_run_with_the_security_study(evaluated_run, tiny_data_dir, tmp_
     assert saved == json.loads(json.dumps(report))
     assert saved["security"]["key_space_bits"] == 16 + 2  # password bits + key attributes
     leaked = saved["security"]
-    assert sorted(leaked["common_change_attack"]) == ["per_image_salt", "shared_key"]
+    assert sorted(leaked["common_change_attack"]) == [
+        "per_image_salt", "per_image_salt_attributes_read", "per_image_salt_chosen_attributes",
+        "shared_key",
+    ]  # fmt: skip
+    assert sorted(leaked["known_pairs_attack"]["1"]) == [
+        "match_rate_gain", "per_image_salt", "per_image_salt_chosen_attributes", "psnr_gain_db",
+    ]  # fmt: skip
     assert "1" in leaked["known_pairs_attack"]  # and "4" where more than 4 faces are studied
     assert 0.0 <= leaked["key_predictor_bit_accuracy"] <= 1.0
     markdown = (run / "eval" / "report.md").read_text()

@@ -14,9 +14,10 @@ SALT = bytes(range(16))
 def test_the_png_text_then_the_manifest_then_version_1():
     text = file_keys.png_text(SALT)
     assert json.loads(text["sdn_jax.kdf"]) == passphrase.kdf_record()
-    assert file_keys.key_source(text, None, None) == (2, SALT, "file")
+    assert file_keys.key_source(text, None, None) == (3, SALT, "file")
+    assert file_keys.key_source(file_keys.png_text(SALT, 2), None, None) == (2, SALT, "file")
     entry, kdf = {"salt": SALT.hex()}, {**passphrase.kdf_record(), "salt": "one per image"}
-    assert file_keys.key_source({}, entry, kdf) == (2, SALT, "manifest")
+    assert file_keys.key_source({}, entry, kdf) == (3, SALT, "manifest")
     assert file_keys.key_source({"Software": "an editor"}, None, None) == (1, None, "none")
     assert file_keys.key_source({}, {"output": "a.png"}, kdf) == (1, None, "none")
 
@@ -27,7 +28,7 @@ def test_the_png_text_then_the_manifest_then_version_1():
         # A weaker N would make a recovered image a cheap test of passphrase guesses.
         ({"sdn_jax.kdf": json.dumps({**passphrase.kdf_record(), "n": 1024}),
           "sdn_jax.salt": SALT.hex()}, "its sdn_jax.kdf text n is 1024, but key derivation "
-         "version 2 is n=131072: refused"),
+         "version 3 is n=131072: refused"),
         ({"sdn_jax.kdf": "{", "sdn_jax.salt": SALT.hex()}, "its sdn_jax.kdf text is not JSON"),
         ({"sdn_jax.salt": SALT.hex()}, "its PNG has a sdn_jax.salt text but no sdn_jax.kdf"),
         ({"sdn_jax.kdf": json.dumps(passphrase.kdf_record()), "sdn_jax.salt": "00 11" * 6},

@@ -1,7 +1,7 @@
 """The passphrase KDF, bit vectors, weak passphrases and the command line's attributes.
 
-Only the two tests of KDF version 2 (its pinned vector, its cost) pay for its N = 2^17
-(~0.4 s a derivation); the others use version 1 (N = 2^14) or bad arguments.
+Only the tests of KDF versions 2 and 3 (their pinned vectors, their cost) pay for their
+N = 2^17 (~0.4 s a derivation); the others use version 1 (N = 2^14) or bad arguments.
 """
 
 import functools
@@ -28,11 +28,30 @@ def test_password_bits_pinned_vectors_and_params():
     bits = v1_bits(PINNED_PASSPHRASE, 256)
     assert np.packbits(bits).tobytes().hex() == PINNED_HEX
     v1, v2 = passphrase.KDF_VERSIONS[1], passphrase.KDF_VERSIONS[2]
-    assert passphrase.KDF_VERSION == 2 and v1["salt"] == b"sdn-jax/password-key/v1"
+    assert passphrase.KDF_VERSION == 3 and v1["salt"] == b"sdn-jax/password-key/v1"
     assert (v1["n"], v1["r"], v1["p"]) == (2**14, 8, 1)
     assert v2["salt"] is None and (v2["n"], v2["r"], v2["p"]) == (2**17, 8, 1)
-    bits = passphrase.password_bits(PINNED_PASSPHRASE, 64, PINNED_SALT)  # the default: v2
+    assert passphrase.KDF_VERSIONS[3] == {**v2, "unchosen_attributes": "key"}
+    bits = passphrase.password_bits(PINNED_PASSPHRASE, 64, PINNED_SALT, version=2)
     assert np.packbits(bits).tobytes().hex() == PINNED_V2_HEX
+
+
+def test_version_3_draws_the_unchosen_attributes_from_the_same_derivation():
+    """Its password is version 2's (one scrypt, same parameters); the drawn attribute bits
+    are the ones after the password's bytes (pinned: byte 9 of the derivation is 0xe8)."""
+    bits, drawn = passphrase.key_bits(PINNED_PASSPHRASE, 64, 6, PINNED_SALT)  # the default: v3
+    assert np.packbits(bits).tobytes().hex() == PINNED_V2_HEX
+    assert drawn.tolist() == [1, 1, 1, 0, 1, 0]
+    assert passphrase.key_bits(PINNED_PASSPHRASE, 64, 6, PINNED_SALT, version=2)[1] is None
+    names = ("Smiling", "Mustache", "Eyeglasses")
+    choices = {"Smiling": None, "Mustache": False, "Eyeglasses": None}
+    vector = passphrase.attributes_to_vector(choices, names, drawn[:3])
+    assert vector.tolist() == [0.5, -0.5, 0.5]  # chosen values win; unchosen ones drawn
+    assert passphrase.attributes_to_vector(choices, names).tolist() == [-0.5] * 3  # v1, v2: 0
+    with pytest.raises(ValueError, match="2 drawn attribute bits for 3 attributes"):
+        passphrase.attributes_to_vector(choices, names, drawn[:2])
+    with pytest.raises(ValueError, match="at most 64 key attributes"):
+        passphrase.key_bits(PINNED_PASSPHRASE, 64, 65, PINNED_SALT)
 
 
 def test_salts_and_versions_are_checked():
@@ -44,12 +63,16 @@ def test_salts_and_versions_are_checked():
         passphrase.password_bits("a good long passphrase", 64, salt[:8])
     with pytest.raises(ValueError, match="has a fixed salt"):
         v1_bits("a good long passphrase", 64, salt)
-    with pytest.raises(ValueError, match="unknown key derivation version 3"):
-        passphrase.password_bits("a good long passphrase", 64, salt, version=3)
-    record = passphrase.kdf_record()
+    with pytest.raises(ValueError, match="unknown key derivation version 4"):
+        passphrase.password_bits("a good long passphrase", 64, salt, version=4)
+    record = passphrase.kdf_record(2)
     assert record == {"version": 2, "algorithm": "scrypt", "n": 2**17, "r": 8, "p": 1}
     assert passphrase.check_kdf_record(record) == 2
     assert passphrase.check_kdf_record(passphrase.kdf_record(1)) == 1
+    assert passphrase.kdf_record() == {**record, "version": 3, "unchosen_attributes": "key"}
+    assert passphrase.check_kdf_record(passphrase.kdf_record()) == 3
+    with pytest.raises(ValueError, match="unchosen_attributes is None, but key derivation"):
+        passphrase.check_kdf_record({**record, "version": 3})  # a v3 record without its field
     # A file cannot lower the cost: its parameters must be its version's.
     for bad, match in (
         ({**record, "n": 2**10}, "n is 1024, but key derivation version 2 is n=131072: refused"),
@@ -147,6 +170,8 @@ def test_parse_attribute_choices():
         "Smiling=1", KEY_ATTRS, defaults={"Male": True, "Mustache": False, "Eyeglasses": False}
     )
     assert with_defaults == {"Male": True, "Smiling": True, "Mustache": False, "Eyeglasses": False}
+    unchosen = passphrase.parse_attribute_choices("Smiling=1", KEY_ATTRS, dict.fromkeys(KEY_ATTRS))
+    assert unchosen == {"Male": None, "Smiling": True, "Mustache": None, "Eyeglasses": None}
 
 
 @pytest.mark.parametrize(

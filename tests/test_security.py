@@ -285,3 +285,50 @@ def test_folder_attacks_undo_a_shared_change_and_not_per_image_ones(study):
         {"common_change_attack": common, "known_pairs_attack": pairs}
     )
     assert "| 1 known pair(s)" not in markdown and "mean change of 4 known pair(s)" in markdown
+
+
+class _PlantedReader:
+    """The study's attacker, whose attribute classifier reads planted values."""
+
+    def __init__(self, attacker, key_index, values):
+        self._attacker, self._key_index, self._values = attacker, key_index, values
+
+    def __getattr__(self, name):
+        return getattr(self._attacker, name)
+
+    def attributes(self, images):
+        probabilities = np.full((len(images), 40), 0.5, np.float32)
+        probabilities[:, self._key_index] = self._values > 0
+        return probabilities
+
+
+def test_reading_each_faces_attributes_undoes_a_change_drawn_from_them(study):
+    """Each face drew its own attribute values, and anonymizing added a shared change plus
+    one change per attribute that is on: the folder's mean leaves the attribute part in,
+    an attacker who reads the attributes right takes it all out (the originals are made
+    uncorrelated with the values, so that "all" is exact), one who reads them wrong does not."""
+    _, attacker, _, _ = study
+    rng = np.random.default_rng(1)
+    values = rng.choice(np.float32([-0.5, 0.5]), (24, 2))
+    design = np.concatenate([np.ones((24, 1)), values], axis=1)
+    raw = rng.uniform(-0.5, 0.5, (24, 32 * 32 * 3))
+    originals = (raw - design @ np.linalg.lstsq(design, raw, rcond=None)[0]).astype(np.float32)
+    originals = originals.reshape(24, 32, 32, 3)
+    galleries = attacker.embed(originals)
+    shared, per_attribute = (rng.uniform(-0.3, 0.3, shape).astype(np.float32)
+                             for shape in ((32, 32, 3), (2, 32, 32, 3)))  # fmt: skip
+    folder = originals + shared + np.einsum("na,ahwc->nhwc", values, per_attribute)
+    public_mean = originals.mean(axis=0)
+    key_index = np.array([31, 15])  # Smiling, Eyeglasses
+
+    def attack(read_values):
+        reader = _PlantedReader(attacker, key_index, read_values)
+        return leaks.attribute_reading_attack(folder, values, key_index, originals, galleries,
+                                              reader, public_mean)  # fmt: skip
+
+    mean_only = leaks.common_change_attack({"f": folder}, originals, galleries, attacker,
+                                           public_mean)["f"]  # fmt: skip
+    right, wrong = attack(values), attack(rng.choice(np.float32([-0.5, 0.5]), (24, 2)))
+    assert right["attribute_read_accuracy"] == 1.0 and right["psnr_gain_db"] > 50
+    assert 0.2 < wrong["attribute_read_accuracy"] < 0.8
+    assert wrong["psnr_gain_db"] < mean_only["psnr_gain_db"] + 3 < right["psnr_gain_db"] - 20

@@ -319,27 +319,43 @@ def security_markdown(section: dict) -> str:
 def leaks_markdown(section: dict) -> str:
     """What a folder of outputs gives away without the key (evaluation/leaks.py)."""
     common, pairs = section["common_change_attack"], section["known_pairs_attack"]
+    chosen = "per_image_salt_chosen_attributes"
     rows = [
         ("folder mean subtracted, no original known", common["shared_key"],
-         common["per_image_salt"]),
-        *((f"mean change of {k} known pair(s) subtracted", pairs[k], pairs[k]["per_image_salt"])
-          for k in sorted(pairs, key=int)),
+         common["per_image_salt"], common.get(chosen)),
+        *((f"mean change of {k} known pair(s) subtracted", pairs[k], pairs[k]["per_image_salt"],
+           pairs[k].get(chosen)) for k in sorted(pairs, key=int)),
     ]  # fmt: skip
     lines = [
         "Attacks on a folder of anonymized faces: gains over the anonymized faces themselves "
-        "(PSNR to the original; the attacker's identity match rate). One shared key is the "
+        "(PSNR to the original, dB; the attacker's identity match rate). One shared key is the "
         "file commands' album mode; 'salt per image' (their default) gives each face its own "
-        "password, with one attribute choice for the folder.",
+        "password and, for the attributes `--attributes` leaves unchosen, its own attribute "
+        "values; the last columns give each face its own password and the folder one "
+        "attribute choice (`--attributes` naming every key attribute).",
         "",
-        "| attack | one shared key: PSNR gain dB | match rate gain | "
-        "salt per image: PSNR gain dB | match rate gain |",
-        "| --- | --- | --- | --- | --- |",
+        "| attack | one shared key: PSNR | match | salt per image: PSNR | match | "
+        "salt per image, chosen attributes: PSNR | match |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, shared, salted in rows:
-        lines.append(
-            f"| {name} | {shared['psnr_gain_db']:+.2f} | {shared['match_rate_gain']:+.3f} | "
-            f"{salted['psnr_gain_db']:+.2f} | {salted['match_rate_gain']:+.3f} |"
-        )
+
+    def cells(gain):
+        if gain is None:
+            return "- | -"
+        return f"{gain['psnr_gain_db']:+.2f} | {gain['match_rate_gain']:+.3f}"
+
+    for name, *gains in rows:
+        lines.append(f"| {name} | " + " | ".join(cells(g) for g in gains) + " |")
+    read = common.get("per_image_salt_attributes_read")
+    if read is not None:
+        lines += [
+            "",
+            "Reading each face's attributes with the attacker's classifier "
+            f"({read['attribute_read_accuracy']:.3f} of them right) and subtracting the "
+            "change they predict (least squares over the folder) gains "
+            f"{read['psnr_gain_db']:+.2f} dB and {read['match_rate_gain']:+.3f} match rate "
+            "on the salt-per-image folder.",
+        ]
     if "key_predictor_bit_accuracy" in section:
         lines += [
             "",
