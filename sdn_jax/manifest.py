@@ -238,6 +238,11 @@ def _attribute_text(choices: Mapping) -> str:
     return ",".join(given) or "none"
 
 
+def _flag_text(choices: Mapping) -> str:
+    text = _attribute_text(choices)
+    return "no --attributes" if text == "none" else f"--attributes {text}"
+
+
 def _as_recovered(choices: Mapping, kdf) -> list:
     """`choices`' values as a recovery under the manifest's KDF record uses them: an
     unchosen attribute is 0 before version 3 (drawn from the key from then on)."""
@@ -283,9 +288,9 @@ def recovery_warnings(recorded: Recorded, model, choices: Mapping[str, bool | No
             )
         elif _as_recovered(f["attributes"], f.get("kdf")) != _as_recovered(choices, f.get("kdf")):
             lines.append(
-                f"warning: {where} says they were anonymized with --attributes "
-                f"{_attribute_text(f['attributes'])} (this recovery: "
-                f"{_attribute_text(choices)}); other attributes recover other faces"
+                f"warning: {where} says they were anonymized with "
+                f"{_flag_text(f['attributes'])} (this recovery: {_flag_text(choices)}); "
+                "other attributes recover other faces"
             )
     if "kdf" in f:
         try:

@@ -400,7 +400,7 @@ def test_unchosen_attributes_are_drawn_from_each_images_key(
     assert np.abs(np.stack([_pixels(rec / n) for n in names]).astype(int) - expected).max() <= 1
     result = _run(deanonymize.main, *flags, "--attributes", "Smiling=1,Eyeglasses=0", "--input",
                   out, "--output", tmp_path / "rec0")  # fmt: skip
-    assert "anonymized with --attributes Smiling=1 (this recovery: Smiling=1,Eyeglasses=0)" in (
+    assert "with --attributes Smiling=1 (this recovery: --attributes Smiling=1,Eyeglasses=0)" in (
         result.err
     )
 
