@@ -239,8 +239,9 @@ def _attribute_text(choices: Mapping) -> str:
 
 
 def _flag_text(choices: Mapping) -> str:
-    text = _attribute_text(choices)
-    return "no --attributes" if text == "none" else f"--attributes {text}"
+    if all(value is None for value in choices.values()):
+        return "no --attributes"
+    return f"--attributes {_attribute_text(choices)}"
 
 
 def _as_recovered(choices: Mapping, kdf) -> list:

@@ -287,12 +287,9 @@ def attributes_to_vector(
         )
     if drawn_bits is not None and len(drawn_bits) != len(names):
         raise ValueError(f"{len(drawn_bits)} drawn attribute bits for {len(names)} attributes")
-    values = [
-        (bool(drawn_bits[i]) if drawn_bits is not None else False)
-        if choices[n] is None
-        else _parse_bool(n, choices[n])
-        for i, n in enumerate(names)
-    ]
+    drawn = [False] * len(names) if drawn_bits is None else [bool(b) for b in drawn_bits]
+    values = [drawn[i] if choices[n] is None else _parse_bool(n, choices[n])
+              for i, n in enumerate(names)]  # fmt: skip
     return np.array([0.5 if v else -0.5 for v in values], np.float32)
 
 

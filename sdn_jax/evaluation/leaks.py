@@ -61,12 +61,12 @@ def _folders(model, originals, rng, batch_size) -> tuple[dict, np.ndarray]:
     n = len(originals)
     password, attributes = right_keys(rng, n, model.model_settings)
     chosen = np.repeat(attributes[:1], n, 0)  # one choice for the whole folder
-    keys = {
+    folder_keys = {
         "shared_key": (np.repeat(password[:1], n, 0), chosen),
         "per_image_salt": (password, attributes),
         "per_image_salt_chosen_attributes": (password, chosen),
     }
-    folders = {kind: _stored_anonymized(model, originals, *keys[kind], batch_size)
+    folders = {kind: _stored_anonymized(model, originals, *folder_keys[kind], batch_size)
                for kind in FOLDERS}  # fmt: skip
     return folders, attributes
 
