@@ -66,6 +66,10 @@ def build_parser(prog: str, description: str, anonymizing: bool) -> argparse.Arg
             "surrogate face across them), instead of one per image; weaker: README",
         )
     parser.add_argument(
+        "--edit", metavar="NAME=+K,...", help="edit key attributes by K degrees inside G "
+        "(sdn_jax.latent); recovery needs the same --edit",
+    )  # fmt: skip
+    parser.add_argument(
         "--max-pixels",
         type=int,
         default=image_files.DEFAULT_MAX_PIXELS,

@@ -30,6 +30,8 @@ from sdn_jax import compilation_cache, file_keys, image_files, inference, manife
 from sdn_jax import passphrase as passphrase_lib
 from sdn_jax.file_command_flags import MAX_BATCH_SIZE, build_parser
 from sdn_jax.images import from_uint8, to_uint8
+from sdn_jax.keys import ANONYMIZE, RECOVER
+from sdn_jax.latent import editing, file_edits
 from sdn_jax.manifest import MANIFEST
 
 PASSWORD_ENV = file_keys.PASSWORD_ENV
@@ -127,6 +129,9 @@ def run(argv, *, prog: str, description: str, anonymizing: bool, transform) -> i
         except UsageError as error:
             print(f"{prog}: error: {error}", file=sys.stderr)
             return 2
+        if args.edit:
+            direction = ANONYMIZE if anonymizing else RECOVER
+            transform = file_edits.transform(direction, job.head["edit"])
         return _run(job, args, prog, anonymizing, transform)
     except KeyboardInterrupt:  # before the output folder was made (or in its manifest)
         print(f"{prog}: interrupted", file=sys.stderr)
@@ -156,6 +161,11 @@ def _prepare(args, anonymizing: bool) -> Job:
     if anonymizing:
         salts = "one per album" if album else "one per image"
         more = {"kdf": {**passphrase_lib.kdf_record(), "salt": salts}, "fit": args.fit}
+    if args.edit:
+        try:
+            more["edit"] = editing.parse_edits(args.edit, model.key_attributes)
+        except ValueError as error:
+            raise UsageError(f"--edit: {error}") from None
     tool = manifest.ANONYMIZE if anonymizing else manifest.DEANONYMIZE
     head = manifest.header(tool, model, choices, **more)
     resumed = _resumable(args.output, head) if args.resume else None
@@ -247,7 +257,9 @@ def _run(job: Job, args, prog: str, anonymizing: bool, transform) -> int:
 def _check_recovery_inputs(inputs, items, job: Job) -> dict:
     """Warns of what may make recovery fail (another run, step, weights or attributes in
     the manifests beside the inputs; JPEG copies); returns those manifests by folder."""
-    found = manifest.beside_inputs(inputs, job.model, job.choices, sys.stderr)
+    found = manifest.beside_inputs(
+        inputs, job.model, job.choices, sys.stderr, edit=job.head.get("edit")
+    )
     lossy = [i.path for i in items if i.path.lower().endswith((".jpg", ".jpeg", ".jpe"))]
     if lossy:
         print(

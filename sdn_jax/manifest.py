@@ -23,6 +23,7 @@ import sdn_jax
 from sdn_jax import image_files
 from sdn_jax import passphrase as passphrase_lib
 from sdn_jax.atomic_files import written_atomically
+from sdn_jax.latent import editing
 
 MANIFEST = "manifest.json"
 ANONYMIZE, DEANONYMIZE = "sdn_jax.anonymize", "sdn_jax.deanonymize"
@@ -136,6 +137,15 @@ def _attributes(value) -> dict:
     return value
 
 
+def _edit(value) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"is {_show(value)}, not an object")
+    for name, degrees in value.items():
+        if isinstance(degrees, bool) or not isinstance(degrees, int | float):
+            raise ValueError(f".{name} is {_show(degrees)}, not a number of degrees")
+    return value
+
+
 def _kdf(value) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"is {_show(value)}, not an object")
@@ -154,7 +164,7 @@ def _kdf(value) -> dict:
 
 _FIELDS = {"tool": _text, "run": _text, "step": _number, "fingerprint": _hex(16),
            "image_size": _number, "attributes": _attributes, "kdf_version": _number,
-           "kdf": _kdf, "fit": _text, "images": lambda v: v}  # fmt: skip
+           "kdf": _kdf, "fit": _text, "edit": _edit, "images": lambda v: v}  # fmt: skip
 _ENTRY = {"input": _text, "link": _text, "output": _file_name, "error": _text,
           "interrupted": _flag, "salt": _hex(2 * passphrase_lib.SALT_BYTES),
           "kdf_version": _number}  # fmt: skip
@@ -254,9 +264,16 @@ def _as_recovered(choices: Mapping, kdf) -> list:
     return [False if value is None and not draws else value for value in choices.values()]
 
 
-def recovery_warnings(recorded: Recorded, model, choices: Mapping[str, bool | None]) -> list[str]:
+def _edit_text(edit: Mapping | None) -> str:
+    return f"--edit {editing.edit_text(edit)}" if edit else "no --edit"
+
+
+def recovery_warnings(
+    recorded: Recorded, model, choices: Mapping[str, bool | None], edit: Mapping | None = None
+) -> list[str]:
     """What differs between the anonymize run that a manifest beside deanonymize's inputs
-    records and this recovery: each a line ("warning: ..." or "note: ...")."""
+    records and this recovery (its choices and --edit): each a line ("warning: ..." or
+    "note: ...")."""
     f, where = recorded.fields, recorded.path
     if f.get("tool") != ANONYMIZE:
         return []
@@ -293,6 +310,11 @@ def recovery_warnings(recorded: Recorded, model, choices: Mapping[str, bool | No
                 f"{_flag_text(f['attributes'])} (this recovery: {_flag_text(choices)}); "
                 "other attributes recover other faces"
             )
+    if dict(f.get("edit") or {}) != dict(edit or {}):
+        lines.append(
+            f"warning: {where} says they were anonymized with {_edit_text(f.get('edit'))} "
+            f"(this recovery: {_edit_text(edit)}); recovery needs the same edit"
+        )
     if "kdf" in f:
         try:
             passphrase_lib.check_kdf_record(f["kdf"])
@@ -335,7 +357,9 @@ def apply_resume(items, recorded: Recorded, output: str) -> list[dict]:
     return list(done.values())
 
 
-def beside_inputs(inputs, model, choices: Mapping[str, bool], stream) -> dict[str, Recorded]:
+def beside_inputs(
+    inputs, model, choices: Mapping[str, bool], stream, edit: Mapping | None = None
+) -> dict[str, Recorded]:
     """The anonymize manifests in deanonymize's input folders, by folder; prints their bad
     fields and what differs from this recovery (recovery_warnings) on `stream`."""
     found = {}
@@ -345,7 +369,7 @@ def beside_inputs(inputs, model, choices: Mapping[str, bool], stream) -> dict[st
         if recorded is None:
             continue
         recorded.warn(stream)
-        for line in recovery_warnings(recorded, model, choices):
+        for line in recovery_warnings(recorded, model, choices, edit):
             print(line, file=stream)
         if recorded.fields.get("tool") == ANONYMIZE:
             found[os.path.normpath(folder)] = recorded

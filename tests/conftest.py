@@ -56,6 +56,7 @@ _LAST = (
     "test_anonymize_cli.py",
     "test_anonymize_cli_errors.py",
     "test_export.py",
+    "test_latent.py",
     "test_evaluate.py",
     "test_security.py",
     "test_benchmark.py",

@@ -27,6 +27,8 @@ from sdn_jax import anonymize, deanonymize, file_keys, image_files, inference, p
 from sdn_jax import manifest as manifest_lib
 from sdn_jax.evaluation.metrics import psnr
 from sdn_jax.images import from_uint8, to_uint8
+from sdn_jax.keys import ANONYMIZE, RECOVER
+from sdn_jax.latent import file_edits
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSPHRASE = "correct horse battery staple ü"  # also not ASCII
@@ -334,6 +336,48 @@ def test_deanonymize_names_what_differs_in_the_manifest_beside_its_inputs(
     for content, problem in (("[1, 2]", "is a list, not an object"), ("{", "cannot be read")):
         (bad / "manifest.json").write_text(content)
         assert problem in manifest_lib.read(str(bad / "manifest.json")).problems[0]
+
+
+def test_an_edit_is_recorded_and_the_same_edit_recovers(
+    photos, trained_run, model, keyfiles, tmp_path
+):
+    """--edit changes the anonymized faces as file_edits.run_edited does, the manifest
+    records it, deanonymize with the same --edit gives the model's edited recovery, and
+    one without it (or with a malformed record) is warned of."""
+    flags = ("--workdir", trained_run, "--password-file", keyfiles[PASSPHRASE],
+             "--attributes", ATTRIBUTES)  # fmt: skip
+    edits = {"Smiling": 2.0, "Eyeglasses": -1.0}
+    out = tmp_path / "edited"
+    result = _run(anonymize.main, *flags, "--edit", "Smiling=+2,Eyeglasses=-1", "--input",
+                  photos, "--output", out)  # fmt: skip
+    assert result.code == 0, result.err
+    assert _manifest(out)["edit"] == edits
+    originals = _fitted_originals(photos, _manifest(out))
+    names = list(originals)
+    x = from_uint8(np.stack([originals[n] for n in names]))
+    key = _keys(model, _manifest(out), names)
+    files = np.stack([_pixels(out / n) for n in names])
+    expected = to_uint8(file_edits.run_edited(model, x, key, ANONYMIZE, edits))
+    assert np.abs(files.astype(int) - expected).max() <= 1
+    assert np.abs(files.astype(int) - to_uint8(model.anonymize(x, key))).mean() > 0.1
+
+    same = _run(deanonymize.main, *flags, "--edit", "Smiling=+2,Eyeglasses=-1", "--input",
+                out, "--output", tmp_path / "rec")  # fmt: skip
+    assert same.code == 0 and "warning" not in same.err, same.err
+    recovered_files = np.stack([_pixels(tmp_path / "rec" / n) for n in names])
+    expected = to_uint8(file_edits.run_edited(model, from_uint8(files), key, RECOVER, edits))
+    assert np.abs(recovered_files.astype(int) - expected).max() <= 1
+
+    left_out = _run(deanonymize.main, *flags, "--input", out, "--output", tmp_path / "rec0")
+    assert (
+        f"warning: {out / 'manifest.json'} says they were anonymized with --edit "
+        "Smiling=+2,Eyeglasses=-1 (this recovery: no --edit); recovery needs the same edit"
+    ) in left_out.err.splitlines(), left_out.err
+    bad = _edited_copy(out, tmp_path / "bad", edit={"Smiling": "lots"})
+    result = _run(deanonymize.main, *flags, "--input", bad, "--output", tmp_path / "rec_bad")
+    assert result.code == 0 and "Traceback" not in result.err
+    problem = "edit.Smiling is 'lots', not a number of degrees: ignored"
+    assert f"warning: {bad / 'manifest.json'}: {problem}" in result.err, result.err
 
 
 def test_salts_from_the_manifest_and_images_of_kdf_version_1(

@@ -24,6 +24,7 @@ Two options make the key hard to ignore (docs/experiments.md, "the key pathway")
 from collections.abc import Sequence
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -32,6 +33,16 @@ from sdn_jax.models.layers import FiLMConv, ResBlock, upsample
 
 # Inputs are pulled inside (-1, 1) before arctanh so saturated pixels stay finite.
 _INPUT_SQUASH = 0.98
+
+
+@flax.struct.dataclass
+class DecoderEdit:
+    """Additive changes inside G for latent-space editing (sdn_jax.latent): `inputs` is
+    added to the condition MLP's input [key features, attribute choices, z], `embedding`
+    to its output (what every FiLM head reads). Either may be None (no change)."""
+
+    inputs: jax.Array | None = None  # (B, MLP input size) or broadcastable
+    embedding: jax.Array | None = None  # (B, condition_hidden) or broadcastable
 
 
 class Decoder(nn.Module):
@@ -49,7 +60,13 @@ class Decoder(nn.Module):
     num_attributes: int = 0  # trailing key entries that are attribute choices
 
     @nn.compact
-    def __call__(self, latent: Latent, condition: jax.Array, inputs: jax.Array) -> jax.Array:
+    def __call__(
+        self,
+        latent: Latent,
+        condition: jax.Array,
+        inputs: jax.Array,
+        edit: DecoderEdit | None = None,
+    ) -> jax.Array:
         direction, key = condition[:, :1], condition[:, 1:]
         if self.key_features:
             attributes = key[:, key.shape[-1] - self.num_attributes :]
@@ -58,8 +75,12 @@ class Decoder(nn.Module):
         if self.recovery == "conditioned":
             parts.insert(0, direction)
         embedding = jnp.concatenate(parts, axis=-1)
+        if edit is not None and edit.inputs is not None:
+            embedding = embedding + edit.inputs
         embedding = nn.leaky_relu(nn.Dense(self.condition_hidden)(embedding), 0.2)
         embedding = nn.leaky_relu(nn.Dense(self.condition_hidden)(embedding), 0.2)
+        if edit is not None and edit.embedding is not None:
+            embedding = embedding + edit.embedding
 
         def film(width):
             return nn.Dense(2 * 2 * width)(embedding).reshape(-1, 2, 2 * width)

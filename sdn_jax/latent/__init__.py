@@ -1,0 +1,1 @@
+"""Latent-space manipulation: attribute directions, edits by degrees, their analysis."""
