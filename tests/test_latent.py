@@ -127,11 +127,20 @@ def test_analysis_end_to_end_on_the_tiny_run(trained_run, trained_attacker, tmp_
     assert entry["degrees"]["0"]["psnr"] == analysis.MAX_DB
     assert set(result["ground_truth"]) == {"Smiling", "Mustache"}
     json.dumps(result)
+    # The component gallery: one face, each component's row by degree (degree 0 unedited).
+    gallery = pictures["components"]["pca"]
+    assert gallery.shape[:2] == (2, 5) and set(pictures["components"]) == {"sefa", "pca"}
+    np.testing.assert_allclose(gallery[0, 2], gallery[1, 2], atol=1e-6)
+    assert np.abs(gallery[0, 0] - gallery[0, 2]).max() > 0
+    # The projection: every fit photo on the two principal axes, centred.
+    points = pictures["projection"]["points"]
+    assert points.shape == (16, 2)
+    np.testing.assert_allclose(points.mean(axis=0), 0.0, atol=1e-4)
+    assert set(pictures["projection"]["labels"]) == {"Smiling", "Mustache"}
     report.write_pictures(pictures, result, str(tmp_path))
     assert "| probe | Smiling |" in report.report_markdown(result)
-    assert (tmp_path / "strip_sefa_Mustache.png").is_file() and (
-        tmp_path / "probability.png"
-    ).is_file()
+    for name in ("strip_sefa_Mustache", "probability", "components_pca", "projection"):
+        assert (tmp_path / f"{name}.png").is_file(), name
     assert "pca: Mustache" in capsys.readouterr().out
 
 

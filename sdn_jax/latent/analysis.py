@@ -31,6 +31,8 @@ DEFAULT_ATTRIBUTES = ("Smiling", "Mouth_Slightly_Open", "Mustache")
 DEFAULT_DEGREES = (-2.0, -1.0, 0.0, 1.0, 2.0)
 MONOTONE_TOLERANCE = 0.01  # a step may lower the probability this much (classifier noise)
 MAX_DB = 100.0  # PSNR of an unchanged face (degree 0) is reported as this
+GALLERY_COMPONENTS = 8  # SeFa / PCA components shown in the component gallery
+PROJECTION_PEOPLE = 10  # people coloured in the 2-D projection (those with most photos)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,13 +93,14 @@ class Editor:
         return map_in_batches(self._photo, [images, delta], self.batch_size)
 
 
-def find_directions(method, fit, labels, weights, options, effect) -> tuple[np.ndarray, dict]:
-    """(A, D) unit directions for the attributes by `method`, and how each was matched.
+def find_directions(method, fit, labels, weights, options, effect):
+    """(A, D) unit directions for the attributes by `method`, how each was matched, and the
+    (K, D) components they were chosen from (None for the probe).
     `effect(components) -> (K, A)` is the attacker's mean change per component at +1 degree."""
     latents = jnp.asarray(fit)
     probes = np.asarray(dirs.probe_directions(latents, jnp.asarray(labels), options.ridge))
     if method == "probe":
-        return probes, {}
+        return probes, {}, None
     k = min(options.components, latents.shape[1])
     if method == "sefa":
         components = np.asarray(dirs.sefa_directions(jnp.asarray(weights), k))
@@ -116,7 +119,32 @@ def find_directions(method, fit, labels, weights, options, effect) -> tuple[np.n
             "cosine_with_probe": float(sign * cosine[a, best]),
             "best_cosine_component": int(np.argmax(np.abs(cosine[a]))),
         }
-    return np.stack(chosen), matched
+    return np.stack(chosen), matched, components
+
+
+def component_gallery(editor, face, condition, fit, components, degrees) -> np.ndarray:
+    """(K, degrees, S, S, 3): one anonymized face moved along each SeFa / PCA component by
+    each degree (the component gallery: what each axis does, matched or not)."""
+    rows = []
+    for c in components:
+        size = float(dirs.degree_size(jnp.asarray(fit), jnp.asarray(c)))
+        delta = np.stack([d * size * c for d in degrees]).astype(np.float32)
+        count = len(degrees)
+        rows.append(editor.anonymized(np.repeat(face[None], count, 0),
+                                      np.repeat(condition[None], count, 0), delta))  # fmt: skip
+    return np.stack(rows)
+
+
+def projection(fit: dict, space: str, labels: np.ndarray, names) -> dict:
+    """The fit photos' latents on their two principal axes, with what to colour them by:
+    each attribute's label (as the probe reads it) and the people with most photos."""
+    latents = jnp.asarray(fit[space])
+    axes = np.asarray(dirs.pca_directions(latents, 2))
+    points = np.asarray(latents - latents.mean(axis=0)) @ axes.T
+    people, counts = np.unique(fit["identities"], return_counts=True)
+    shown = people[np.argsort(-counts, kind="stable")[:PROJECTION_PEOPLE]]
+    return {"points": points, "labels": dict(zip(names, labels.T)),
+            "identities": fit["identities"], "people": shown}  # fmt: skip
 
 
 def measure(editor, attacker, faces, conditions, fit, direction, degrees, index, others):
@@ -250,11 +278,19 @@ def analyze(model, attacker, fit: dict, faces: np.ndarray, options: Options, dat
 
     report = {"step": int(model.step or 0), "num_faces": int(len(faces)), "space": space,
               "conditional": options.conditional, "methods": {}, "matching": {}}  # fmt: skip
-    pictures = {"faces": faces[:6], "methods": {}}
+    pictures = {"faces": faces[:6], "methods": {}, "components": {},
+                "projection": projection(fit, space, labels, names)}  # fmt: skip
     best_directions = {}
     for method in options.methods:
         progress(f"{method}: directions")
-        found, matched = find_directions(method, fit[space], labels, weights, options, effect)
+        found, matched, components = find_directions(
+            method, fit[space], labels, weights, options, effect
+        )
+        if components is not None:
+            pictures["components"][method] = component_gallery(
+                editor, faces[0], conditions[0], fit[space], components[:GALLERY_COMPONENTS],
+                options.degrees,
+            )  # fmt: skip
         if options.conditional:
             found = np.stack([
                 np.asarray(dirs.conditional_direction(jnp.asarray(found[a]),

@@ -2,13 +2,15 @@
 
     python -m sdn_jax.latent.analyze --workdir RUN
         [--attributes Smiling,Mouth_Slightly_Open,Mustache] [--degrees=-2,-1,0,1,2]
-        [--method probe|sefa|pca|all] [--space embedding] [--output DIR]
+        [--method probe|sefa|pca|all] [--space embedding] [--no-conditional] [--output DIR]
 
 Writes `<output, default RUN/latent>/latent_report.json` (INTERFACES.md "Latent
 analysis"), `latent_report.md`, `strip_<method>_<attribute>.png` (rows: faces, columns:
-degrees) and `probability.png`. Latents of the fit photos are cached in RUN/latent/.
-Exit 0 done, 2 a usage error (bad flag, unknown attribute, bad degrees, a run that
-cannot be loaded), 1 another failure; errors are one line on stderr.
+degrees), `probability.png`, `components_<sefa|pca>.png` (the component gallery) and
+`projection.png` (the latents in 2-D by attribute and person). Latents of the fit
+photos are cached in RUN/latent/. Exit 0 done, 2 a usage error (bad flag, unknown
+attribute, bad degrees, a run that cannot be loaded), 1 another failure; errors are one
+line on stderr.
 """
 
 import argparse

@@ -56,7 +56,9 @@ def report_markdown(report: dict) -> str:
             ]
             lines.append(f"| {method} | {name} | " + " | ".join(cells) + " |")
     if report.get("matching"):
-        lines += ["", "SeFa / PCA components matched to attributes by effect:", ""]
+        lines += ["", "SeFa / PCA components matched to attributes by effect (what each of "
+                  "the first components does to one face: `components_<method>.png`, rows "
+                  "components 0, 1, ..., columns degrees):", ""]  # fmt: skip
         lines.append("| method | attribute | component | effect at +1 | cosine with probe "
                      "| best-cosine component |")  # fmt: skip
         lines.append("| --- | --- | --- | --- | --- | --- |")
@@ -86,15 +88,50 @@ def strip_image(strip: np.ndarray) -> np.ndarray:
 
 
 def write_pictures(pictures: dict, report: dict, directory: str) -> list[str]:
-    """strip_<method>_<attribute>.png per method and attribute, probability.png."""
+    """strip_<method>_<attribute>.png per method and attribute, components_<method>.png
+    for SeFa and PCA, probability.png and projection.png."""
     written = []
     for method, by_name in pictures["methods"].items():
         for name, p in by_name.items():
             path = os.path.join(directory, f"strip_{method}_{name}.png")
             Image.fromarray(strip_image(p["strip"])).save(path)
             written.append(path)
+    for method, gallery in pictures.get("components", {}).items():
+        path = os.path.join(directory, f"components_{method}.png")
+        Image.fromarray(strip_image(gallery)).save(path)
+        written.append(path)
     written.append(_plot(pictures, report, os.path.join(directory, "probability.png")))
+    if "projection" in pictures:
+        path = os.path.join(directory, "projection.png")
+        written.append(_projection_plot(pictures["projection"], report["space"], path))
     return written
+
+
+def _projection_plot(projection: dict, space: str, path: str) -> str:
+    """One panel per attribute (label off / on) and one for the people with most photos."""
+    from matplotlib.figure import Figure  # noqa: PLC0415 (no pyplot: no global state)
+
+    points, labels = projection["points"], projection["labels"]
+    panels = len(labels) + 1
+    figure = Figure(figsize=(3.2 * panels, 3.2))
+    for i, (name, on) in enumerate(labels.items()):
+        axis = figure.add_subplot(1, panels, i + 1)
+        for value, colour in ((False, "tab:blue"), (True, "tab:orange")):
+            chosen = np.asarray(on, bool) == value
+            axis.scatter(*points[chosen].T, s=3, alpha=0.5, c=colour,
+                         label=("on" if value else "off"))  # fmt: skip
+        axis.set(title=name, xlabel="PC 1", ylabel="PC 2")
+        axis.legend(fontsize=7, markerscale=3)
+    axis = figure.add_subplot(1, panels, panels)
+    axis.scatter(*points.T, s=2, c="0.85")
+    for person in projection["people"]:
+        axis.scatter(*points[projection["identities"] == person].T, s=12, label=str(person))
+    axis.set(title="people with most photos", xlabel="PC 1", ylabel="PC 2")
+    axis.legend(fontsize=6, markerscale=1, title="identity", title_fontsize=6)
+    figure.suptitle(f"fit photos' latents ({space}) on their two principal axes", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    return path
 
 
 def _plot(pictures: dict, report: dict, path: str) -> str:
