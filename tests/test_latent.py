@@ -154,3 +154,39 @@ def test_analyze_usage_errors_are_one_line(trained_run, tmp_path, capsys):
         assert analyze.main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_face_editor_command(trained_run, tmp_path, capsys):
+    """python -m sdn_jax.latent.edit: 0 degrees gives the photo back, an edit changes it,
+    existing outputs are kept, and a mistake is one line with exit 2 and writes nothing."""
+    from PIL import Image
+
+    from sdn_jax.data.synth.render import render_faces
+    from sdn_jax.latent import edit
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    faces, _ = render_faces([3, 4], [0, 0], image_size=32)
+    for i, face in enumerate(faces):
+        Image.fromarray(face).save(photos / f"face{i}.png")
+    run = ("--workdir", str(trained_run), "--input", str(photos))
+
+    assert edit.main([*run, "--output", str(tmp_path / "zero"), "--edit", "Smiling=0"]) == 0
+    kept = np.stack([np.asarray(Image.open(tmp_path / "zero" / f"face{i}.png")) for i in (0, 1)])
+    assert np.abs(kept.astype(int) - faces).max() <= 1
+    assert edit.main([*run, "--output", str(tmp_path / "smile"), "--edit", "Smiling=+2"]) == 0
+    smile = np.stack([np.asarray(Image.open(tmp_path / "smile" / f"face{i}.png")) for i in (0, 1)])
+    assert np.abs(smile.astype(int) - faces).mean() > 0.1  # ~0.4 after 6 tiny steps
+    capsys.readouterr()
+
+    before = (tmp_path / "smile" / "face0.png").read_bytes()
+    assert edit.main([*run, "--output", str(tmp_path / "smile"), "--edit", "Smiling=-2"]) == 1
+    assert "exists (--overwrite replaces it)" in capsys.readouterr().err
+    assert (tmp_path / "smile" / "face0.png").read_bytes() == before
+
+    assert edit.main([*run, "--output", str(tmp_path / "bad"), "--edit", "Beard=+1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown attribute 'Beard'" in err and len(err.strip().splitlines()) == 1
+    missing = ("--workdir", str(trained_run), "--input", str(tmp_path / "none.png"))
+    assert edit.main([*missing, "--output", str(tmp_path / "none"), "--edit", "Smiling=1"]) == 1
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "none").exists()

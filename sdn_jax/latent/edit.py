@@ -40,8 +40,7 @@ def main(argv=None) -> int:
     try:
         model = inference.load(args.workdir, step=args.step)
         edits = editing.parse_edits(args.edit, model.key_attributes)
-        os.makedirs(args.output, exist_ok=True)
-    except (inference.LoadError, ValueError, OSError) as error:
+    except (inference.LoadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     items, notes = image_files.collect_inputs(args.input)
@@ -56,7 +55,12 @@ def main(argv=None) -> int:
                 loaded.append(item)
         except image_files.ImageError as error:
             item.error = str(error)
-    if loaded:
+    if loaded:  # the output folder is made only when there is something to write
+        try:
+            os.makedirs(args.output, exist_ok=True)
+        except OSError as error:
+            print(f"error: cannot make {args.output}: {error.strerror}", file=sys.stderr)
+            return 2
         delta = file_edits.key_delta(model.key_attributes, edits)
         conditions = editing.editor_conditions(model.model_settings)
 
