@@ -128,22 +128,24 @@ def _file_name(value) -> str:
     return name
 
 
-def _attributes(value) -> dict:
-    if not isinstance(value, dict):
-        raise ValueError(f"is {_show(value)}, not an object")
-    for name, chosen in value.items():
-        if not (chosen is None or isinstance(chosen, bool)):
-            raise ValueError(f".{name} is {_show(chosen)}, not true, false or null")
-    return value
+def _object_of(valid, what: str):
+    """A check of a JSON object whose every value passes `valid` (named `what`)."""
+
+    def check(value) -> dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"is {_show(value)}, not an object")
+        for name, item in value.items():
+            if not valid(item):
+                raise ValueError(f".{name} is {_show(item)}, not {what}")
+        return value
+
+    return check
 
 
-def _edit(value) -> dict:
-    if not isinstance(value, dict):
-        raise ValueError(f"is {_show(value)}, not an object")
-    for name, degrees in value.items():
-        if isinstance(degrees, bool) or not isinstance(degrees, int | float):
-            raise ValueError(f".{name} is {_show(degrees)}, not a number of degrees")
-    return value
+_attributes = _object_of(lambda v: v is None or isinstance(v, bool), "true, false or null")
+_edit = _object_of(
+    lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number of degrees"
+)
 
 
 def _kdf(value) -> dict:
